@@ -1,0 +1,44 @@
+r"""Affine layer ``y = x W + b`` (MECHANISMS.md P1).
+
+Shapes: ``x (..., d_in)``, ``W (d_in, d_out)``, ``b (d_out,)``, ``y (..., d_out)``.
+Backward, with every leading axis flattened into ``N``:
+
+.. math::
+    dW = x^\top dy,\qquad db = \textstyle\sum_N dy,\qquad dx = dy\, W^\top
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .module import Module, default_rng, xavier_uniform
+from .validate import as_float_array, check_last_dim
+
+
+class Linear(Module):
+    """``y = x @ W + b`` with ``W`` stored ``(d_in, d_out)``."""
+
+    def __init__(self, d_in: int, d_out: int, bias: bool = True, rng=None) -> None:
+        super().__init__()
+        rng = default_rng(rng)
+        self.d_in, self.d_out, self.bias = int(d_in), int(d_out), bool(bias)
+        self.add_param("W", xavier_uniform(rng, self.d_in, self.d_out))
+        if self.bias:
+            self.add_param("b", np.zeros(self.d_out))
+
+    def forward(self, x) -> np.ndarray:
+        x = as_float_array(x, "x")
+        check_last_dim(x, "x", self.d_in, f"(..., d_in={self.d_in})")
+        y = x @ self.params["W"]                               # (..., d_in) @ (d_in, d_out) -> (..., d_out)
+        if self.bias:
+            y = y + self.params["b"]
+        self.cache = x
+        return y
+
+    def backward(self, dout) -> np.ndarray:
+        x = self.cache
+        x2 = x.reshape(-1, self.d_in)                          # (N, d_in)
+        d2 = dout.reshape(-1, self.d_out)                      # (N, d_out)
+        self.grads["W"] += x2.T @ d2                           # (d_in, d_out)
+        if self.bias:
+            self.grads["b"] += d2.sum(axis=0)                  # (d_out,)
+        return dout @ self.params["W"].T                       # (..., d_in)
