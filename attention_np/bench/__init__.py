@@ -1,0 +1,1 @@
+"""Benchmarks (printed, never asserted): ``python -m attention_np.bench [sdpa|efficient]``."""
