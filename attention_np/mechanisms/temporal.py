@@ -1,0 +1,107 @@
+r"""Temporal attention over video frames (Yao, Torabi, Cho, Ballas, Pal, Larochelle
+& Courville 2015, *Describing Videos by Exploiting Temporal Structure*, ICCV,
+section 2.3; MECHANISMS.md M15).
+
+A caption decoder at word step ``t`` looks back over the frame features
+``frames (B, F, D)`` (Yao's :math:`v_1..v_n`), conditioned on its previous
+state ``h_prev (B, d_state)`` (:math:`h_{t-1}`).  Row form, weights stored
+``(d_in, d_out)``:
+
+.. math::
+    e_i = w^\top \tanh(W_a^\top h_{t-1} + U_a^\top v_i + b_a),\qquad
+    \alpha = \operatorname{softmax}_i(e) \in \mathbb R^{B\times F},\qquad
+    \varphi_t(V) = \textstyle\sum_i \alpha_i v_i \in \mathbb R^{B\times D}
+
+with ``W_a (d_state, d_hidden)``, ``U_a (D, d_hidden)``, ``b_a (d_hidden,)``,
+``w (d_hidden,)``.  ``φ_t`` then feeds the decoder's gates and output layer
+(outside this module).  Uniform ``α`` is mean pooling over frames, the
+baseline the paper improves on: mean pooling forgets *when* things happen,
+while ``α`` changes with ``h_{t-1}`` and so can look at different moments
+for different words.  (The authors' code adds an optional scalar gate
+``σ(w_selᵀ h_{t-1} + b_sel)`` on ``φ_t``; it is left out here.)
+
+Backward (M15 d, the same as additive attention M10 with keys = values =
+frames): ``dα = frames · dφ``, ``dframes = α dφ`` (value path), ``de`` by the
+softmax backward (P3), ``T = tanh(pre)``: ``dw = Σ_i de_i T_i``,
+``dpre_i = de_i w ⊙ (1 - T_i²)``, ``dU_a = Σ v_i dpre_iᵀ``, ``db_a = Σ dpre_i``,
+``dW_a = h (Σ_i dpre_i)ᵀ``, ``dh_prev = W_a Σ_i dpre_i``, ``dframes += dpre U_aᵀ``
+(key path).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..nn.functional import softmax, softmax_backward
+from ..nn.module import Module, default_rng, xavier_uniform
+from ..nn.validate import as_float_array, check_mask, shape_error
+
+
+def temporal_attention(frames, h_prev, W_a, U_a, b_a, w, mask=None):
+    """``frames (B, F, D)``, ``h_prev (B, d_state)`` -> ``(phi (B, D), weights (B, F), T (B, F, d_hidden))``."""
+    pre = (h_prev @ W_a)[:, None, :] + frames @ U_a + b_a    # (B, 1, d_h) + (B, F, d_h) -> (B, F, d_h)
+    T = np.tanh(pre)                                        # (B, F, d_h)
+    scores = T @ w                                          # (B, F)
+    weights = softmax(scores, axis=-1, mask=mask)           # (B, F); masked frames -> 0
+    phi = np.einsum("bf,bfd->bd", weights, frames)          # (B, F) . (B, F, D) -> (B, D)
+    return phi, weights, T
+
+
+def temporal_attention_backward(dphi, frames, h_prev, weights, T, W_a, U_a, w):
+    """Backward of :func:`temporal_attention`: ``-> (dframes, dh_prev, {"W_a", "U_a", "b_a", "w"})``."""
+    dweights = np.einsum("bd,bfd->bf", dphi, frames)        # (B, F)
+    dframes = weights[:, :, None] * dphi[:, None, :]        # (B, F, D) value path
+    dscores = softmax_backward(dweights, weights)           # (B, F); masked frames -> 0
+    dpre = dscores[:, :, None] * w * (1.0 - T * T)          # (B, F, d_h)
+    dpre_h = dpre.sum(axis=1)                               # (B, d_h): h_prev is shared by every frame
+    dframes = dframes + dpre @ U_a.T                        # (B, F, d_h) @ (d_h, D) -> key path
+    D, d_h = frames.shape[-1], T.shape[-1]
+    grads = {
+        "W_a": h_prev.T @ dpre_h,                                           # (d_state, d_h)
+        "U_a": frames.reshape(-1, D).T @ dpre.reshape(-1, d_h),             # (D, d_h)
+        "b_a": dpre_h.sum(axis=0),                                          # (d_h,)
+        "w": np.einsum("bf,bfk->k", dscores, T),                            # (d_h,)
+    }
+    return dframes, dpre_h @ W_a.T, grads
+
+
+class TemporalAttention(Module):
+    """Yao et al. (2015) soft attention over frames, conditioned on the decoder state.
+
+    Params ``W_a (d_state, d_hidden)``, ``U_a (d_frame, d_hidden)``, ``b_a (d_hidden,)``, ``w (d_hidden,)``.
+    ``forward(frames (B, F, d_frame), h_prev (B, d_state), mask=None (B, F)) -> φ (B, d_frame)``;
+    ``.weights (B, F)``.  ``backward(dphi) -> (dframes, dh_prev)``.
+    """
+
+    def __init__(self, d_frame: int, d_state: int, d_hidden: int, rng=None) -> None:
+        super().__init__()
+        rng = default_rng(rng)
+        self.d_frame, self.d_state, self.d_hidden = int(d_frame), int(d_state), int(d_hidden)
+        self.add_param("W_a", xavier_uniform(rng, self.d_state, self.d_hidden))
+        self.add_param("U_a", xavier_uniform(rng, self.d_frame, self.d_hidden))
+        self.add_param("b_a", np.zeros(self.d_hidden))
+        self.add_param("w", rng.uniform(-1.0, 1.0, size=self.d_hidden) / np.sqrt(self.d_hidden))
+        self.weights = None
+
+    def forward(self, frames, h_prev, mask=None) -> np.ndarray:
+        frames, h_prev = as_float_array(frames, "frames"), as_float_array(h_prev, "h_prev")
+        if frames.ndim != 3 or frames.shape[2] != self.d_frame:
+            raise shape_error("frames", f"(B, F, d_frame={self.d_frame})", frames)
+        B = frames.shape[0]
+        if h_prev.shape != (B, self.d_state):
+            raise shape_error("h_prev", f"(B={B}, d_state={self.d_state})", h_prev)
+        if mask is not None:
+            mask = check_mask(mask, frames.shape[:2])
+        p = self.params
+        phi, weights, T = temporal_attention(frames, h_prev, p["W_a"], p["U_a"], p["b_a"], p["w"], mask)
+        self.weights = weights
+        self.cache = (frames, h_prev, weights, T)
+        return phi
+
+    def backward(self, dphi):
+        frames, h_prev, weights, T = self.cache
+        p = self.params
+        dframes, dh_prev, grads = temporal_attention_backward(dphi, frames, h_prev, weights, T,
+                                                              p["W_a"], p["U_a"], p["w"])
+        for name, g in grads.items():
+            self.grads[name] += g
+        return dframes, dh_prev
