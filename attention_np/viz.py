@@ -33,13 +33,14 @@ def plot_attention(weights, x_labels: Sequence | None = None, y_labels: Sequence
         raise ValueError(f"weights must have shape (n, m), got {w.shape}")
     if ax is None:
         n, m = w.shape
-        _, ax = plt.subplots(figsize=(min(1.0 + 0.45 * m, 12), min(0.8 + 0.4 * n, 10)))
+        _, ax = plt.subplots(figsize=(min(max(3.8, 1.4 + 0.5 * m), 12), min(max(3.0, 1.0 + 0.45 * n), 10)))
     sns.heatmap(w, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, annot=annot, fmt=fmt, cbar=cbar,
                 square=False, xticklabels=_labels(x_labels, w.shape[1], "x_labels"),
                 yticklabels=_labels(y_labels, w.shape[0], "y_labels"), linewidths=0.0)
     ax.set_xlabel("keys")
     ax.set_ylabel("queries")
-    ax.tick_params(axis="x", labelrotation=90 if x_labels is not None and max(map(len, map(str, x_labels)), default=0) > 2 else 0)
+    longest = max((len(str(t)) for t in x_labels), default=0) if x_labels is not None else 0
+    ax.tick_params(axis="x", labelrotation=90 if longest * w.shape[1] > 36 else 0)
     ax.tick_params(axis="y", labelrotation=0)
     if title:
         ax.set_title(title)
