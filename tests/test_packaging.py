@@ -82,3 +82,19 @@ def test_library_imports_no_autograd_framework():
     offenders = [p.relative_to(ROOT).as_posix() for p in (ROOT / "attention_np").rglob("*.py")
                  if forbidden.search(p.read_text())]
     assert offenders == []
+
+
+def test_readme_tour_runs():
+    """The README's ten-line tour must stay true."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## The library in ten lines", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(block, "README-tour", "exec"), namespace)
+    assert namespace["check_function"](namespace["fwd"], namespace["bwd"], namespace["q"], namespace["k"],
+                                       namespace["v"]) < 1e-7
+    plt.close("all")
