@@ -117,7 +117,7 @@ class MemoryNetwork(Module):
         return np.einsum("...jd,jd->...d", E[ids] * keep[..., None], l)     # (..., J, d) -> (..., d)
 
     def _embed_backward(self, name, ids, keep, dout):
-        contrib = dout[..., None, :] * self.l * keep[..., None]             # (..., J, d): l_j * dout where kept
+        contrib = dout[..., None, :] * self.l.astype(dout.dtype) * keep[..., None]   # (..., J, d): l_j * dout where kept
         np.add.at(self.grads[name], ids.reshape(-1), contrib.reshape(-1, self.d))   # scatter-add into rows
 
     # -- forward / backward --------------------------------------------------------------
