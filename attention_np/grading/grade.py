@@ -1,0 +1,644 @@
+"""Grade exercise notebooks against the solutions with ``pytest --nbval``.
+
+``python -m attention_np.grade SUBMISSION.ipynb [...] [--solutions DIR] [--jobs N]
+[--cell-timeout S] [--timeout S] [--csv FILE] [--json FILE] [--seed N]``
+
+nbval compares a notebook's re-run outputs with the outputs stored in the same
+file, so a submission is never run as it is. For each submission the grader
+
+1. reads it (malformed JSON or a non-notebook gives a one-line verdict);
+2. matches it to ``solutions/NN_slug.ipynb`` (file name, else shared cell ids);
+3. builds the graded notebook in a temporary folder: the solution's cells, with
+   each ``solution`` cell's source taken from the submission (by cell id, else by
+   order; no stored outputs, so nbval runs it without comparing), and locked and
+   check cells always from the solution with its outputs and execution counts;
+   deleted, edited, re-tagged or duplicated check cells change nothing and are
+   reported as warnings; extra cells the student added are not run;
+4. runs ``pytest --nbval --nbval-current-env`` on it in its own process group with
+   a per-cell timeout, a sanitizer, ``--color=no``, ``--junitxml``, warnings
+   silenced in the kernel, an overall time limit (the group and the kernel's group
+   are killed), and a plugin that notices a dead kernel within a fraction of a second;
+5. maps each check cell (``file.ipynb::Cell N``, N counting code cells from 0) to
+   its exercise: points, and the first line of the failure.
+
+The submission file is only read. Exit code 0 when grading ran, whatever the
+scores; 2 when the grader could not run (no solutions folder, no submission found).
+Student code is NOT sandboxed: grade in a container or a throwaway account.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from .checks import SEED_ENV, grading_seed
+from .notebook import (
+    NotebookError,
+    cell_kind,
+    cell_source,
+    cell_tags,
+    exercises,
+    grade_info,
+    load_solution,
+    strip_solution,
+)
+
+DEFAULT_CELL_TIMEOUT = 30.0
+DEFAULT_TIMEOUT = 300.0
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]   # the folder that holds attention_np/
+SANITIZE_PATTERNS = [
+    # memory addresses such as <object at 0x7f3a2c1b9d60>
+    (r"0x[0-9a-fA-F]{6,}", "0xADDRESS"),
+]
+IGNORE_OUTPUT_TAG = "nbval-ignore-output"
+_ENV_DROP = ("MPLBACKEND", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTHONSTARTUP", "JPY_PARENT_PID",
+             "JPY_SESSION_NAME", "PYTHONBREAKPOINT", "COV_CORE_SOURCE")
+
+
+class SubmissionError(Exception):
+    """The submission cannot be read as a notebook; the message is the verdict."""
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class ExerciseResult:
+    id: str
+    points: float
+    max_points: float
+    status: str          # pass / fail / timeout / kernel died / not reached
+    reason: str = ""
+
+
+@dataclass
+class Report:
+    file: str
+    student: str
+    notebook: str | None = None
+    status: str = "graded"
+    exercises: list = field(default_factory=list)
+    total: float = 0.0
+    max_points: float = 0.0
+    warnings: list = field(default_factory=list)
+    seconds: float = 0.0
+    seed: int | None = None
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def fmt_points(x) -> str:
+    return f"{x:g}" if isinstance(x, (int, float)) else ""
+
+
+# -------------------------------------------------------------------------- solutions
+def default_solutions_dir() -> Path | None:
+    """``solutions/`` in the current folder, else the repository's ``solutions/`` beside the package."""
+    for candidate in (Path("solutions"), PACKAGE_PARENT / "solutions"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+class Solutions:
+    """The solution notebooks of a folder, read and validated on first use (thread safe)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.names = sorted(p.stem for p in self.folder.glob("*.ipynb"))
+        self._cache, self._ids, self._lock = {}, {}, threading.Lock()
+
+    def get(self, name):
+        """``(notebook, None)`` or ``(None, error message)``."""
+        with self._lock:
+            if name not in self._cache:
+                try:
+                    self._cache[name] = (load_solution(self.folder / f"{name}.ipynb"), None)
+                except NotebookError as exc:
+                    self._cache[name] = (None, str(exc).splitlines()[0])
+            return self._cache[name]
+
+    def cell_ids(self, name):
+        with self._lock:
+            if name not in self._ids:
+                try:
+                    nb = json.loads((self.folder / f"{name}.ipynb").read_text(encoding="utf-8"))
+                    self._ids[name] = {c.get("id") for c in nb.get("cells", []) if isinstance(c, dict)} - {None}
+                except (OSError, ValueError, AttributeError):
+                    self._ids[name] = set()
+            return self._ids[name]
+
+    def match(self, path: Path, cells) -> str | None:
+        """The solution a submission belongs to: by file name, else by the cell ids it shares."""
+        stem = path.stem
+        if stem in self.names:
+            return stem
+        inside = [n for n in self.names if n in stem]
+        if inside:
+            return max(inside, key=len)
+        ids = {c.get("id") for c in cells} - {None}
+        best, best_count = None, 0
+        for name in self.names:
+            count = len(ids & self.cell_ids(name))
+            if count > best_count:
+                best, best_count = name, count
+        return best if best_count >= 3 else None
+
+
+def student_name(path: Path, notebook: str | None) -> str:
+    """The student: extra text in the file name (``alice_02_x.ipynb``), else the parent folder's name."""
+    stem = path.stem
+    if notebook and notebook in stem and stem != notebook:
+        rest = stem.replace(notebook, " ").strip(" _-.()")
+        if rest:
+            return rest
+    parent = path.resolve().parent.name
+    return parent or stem
+
+
+# ------------------------------------------------------------------------- submissions
+def read_submission(path: Path) -> list:
+    """The submission's cells as plain dicts (tolerant; never executes anything)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SubmissionError(f"cannot read file: {exc.strerror or exc}") from None
+    try:
+        nb = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SubmissionError("not a notebook: the file is not UTF-8 text") from None
+    except ValueError as exc:
+        raise SubmissionError(f"malformed JSON: {exc}") from None
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        raise SubmissionError("not a Jupyter notebook: the JSON has no list of cells")
+    if nb.get("nbformat") != 4:
+        raise SubmissionError(f"not a Jupyter notebook in format 4 (nbformat={nb.get('nbformat')!r})")
+    cells = []
+    for c in nb["cells"]:
+        if not isinstance(c, dict):
+            continue
+        cid = c.get("id")
+        cells.append({
+            "id": cid if isinstance(cid, str) and cid else None,
+            "cell_type": c.get("cell_type"),
+            "source": cell_source(c),
+            "tags": cell_tags(c),
+            "grade_id": grade_info(c)[0],
+            "metadata": c.get("metadata") if isinstance(c.get("metadata"), dict) else {},
+        })
+    return cells
+
+
+def _same_source(a: str, b: str) -> bool:
+    return a.strip() == b.strip()
+
+
+def build_graded(solution, cells):
+    """The notebook to run (solution cells from the submission, the rest from the solution) and warnings."""
+    nb = copy.deepcopy(solution)
+    warnings = []
+    sol_ids = {c.get("id") for c in nb.cells}
+    by_id = {}
+    for c in cells:
+        if c["id"] is not None:
+            by_id.setdefault(c["id"], c)
+    used = set()
+    grade_of = {}  # solution-cell index -> the exercise it belongs to
+    for ex in exercises(nb):
+        for i in ex.solution_indices:
+            grade_of[i] = ex.grade_id
+
+    # 1. solution cells, by cell id
+    sol_indices = [i for i, c in enumerate(nb.cells) if cell_kind(c) == "solution"]
+    source_for = {}
+    for i in sol_indices:
+        cid = nb.cells[i].get("id")
+        sub = by_id.get(cid)
+        if sub is not None and sub["cell_type"] == "code":
+            source_for[i] = sub["source"]
+            used.add(id(sub))
+    # 2. the rest by order among the submission's solution-tagged cells with unknown ids
+    spare = [c for c in cells if c["cell_type"] == "code" and "solution" in c["tags"]
+             and c["id"] not in sol_ids and id(c) not in used]
+    for i in sol_indices:
+        if i not in source_for and spare:
+            c = spare.pop(0)
+            source_for[i] = c["source"]
+            used.add(id(c))
+    for i in sol_indices:
+        cell = nb.cells[i]
+        if i in source_for:
+            cell.source = source_for[i]
+        else:
+            cell.source = strip_solution(cell_source(cell))
+            ex = grade_of.get(i)
+            warnings.append(f"solution cell {cell.get('id')!r}{f' ({ex})' if ex else ''} is missing "
+                            "from the submission; graded as unanswered")
+        cell.outputs = []
+        cell.execution_count = None          # nbval does not compare unrun cells
+        tags = list(cell.metadata.get("tags", []))
+        if IGNORE_OUTPUT_TAG not in tags:
+            cell.metadata["tags"] = tags + [IGNORE_OUTPUT_TAG]
+
+    # 3. check cells: always the solution's; report what the student did to them
+    for ex in exercises(nb):
+        check = nb.cells[ex.check_index]
+        same_id = by_id.get(ex.check_id)
+        with_grade = [c for c in cells if c["grade_id"] == ex.grade_id]
+        if same_id is None and not with_grade:
+            warnings.append(f"check cell of {ex.grade_id} was deleted; the original was used")
+            continue
+        found = same_id if same_id is not None else with_grade[0]
+        if not _same_source(found["source"], cell_source(check)):
+            warnings.append(f"check cell of {ex.grade_id} was edited; the original was used")
+        if "check" not in found["tags"] or found["grade_id"] != ex.grade_id:
+            warnings.append(f"check cell of {ex.grade_id} was re-tagged; the original was used")
+        if len(with_grade) > 1:
+            warnings.append(f"check cell of {ex.grade_id} appears {len(with_grade)} times; the original was used once")
+
+    # 4. locked code cells edited, extra cells added
+    for i, cell in enumerate(nb.cells):
+        if cell_kind(cell) == "locked" and cell.cell_type == "code":
+            sub = by_id.get(cell.get("id"))
+            if sub is not None and not _same_source(sub["source"], cell_source(cell)):
+                warnings.append(f"locked cell {cell.get('id')!r} was edited; the original was used")
+    known_sources = {cell_source(c).strip() for c in solution.cells}
+    extra = [c for c in cells if c["cell_type"] == "code" and c["source"].strip()
+             and c["id"] not in sol_ids and id(c) not in used and c["grade_id"] is None
+             and c["source"].strip() not in known_sources]   # a locked cell that lost its id is not extra
+    if extra:
+        names = ", ".join(repr(c["id"]) if c["id"] else "(no id)" for c in extra[:5])
+        more = "" if len(extra) <= 5 else f" and {len(extra) - 5} more"
+        warnings.append(f"{len(extra)} extra code cell(s) added to the notebook were not run: {names}{more} "
+                        "(code a solution needs belongs inside its solution cell)")
+    return nb, warnings
+
+
+# ------------------------------------------------------------------------------ running
+def _kernel_env(seed):
+    env = {k: v for k, v in os.environ.items() if k not in _ENV_DROP}
+    env["PYTHONWARNINGS"] = "ignore"           # nbval compares stderr: no warnings may reach it
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # only nbval and our plugin: fast and predictable
+    env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_PARENT), env.get("PYTHONPATH", "")) if p)
+    if seed is not None:
+        env[SEED_ENV] = str(seed)
+    return env
+
+
+def _kill_group(pgid):
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, OSError):
+        pass
+
+
+def run_nbval(nb_path: Path, workdir: Path, cell_timeout: float, timeout: float, seed):
+    """Run nbval on a built notebook; ``(results by code-cell number, killed, exit code, output tail)``."""
+    ini = workdir / "pytest.ini"
+    ini.write_text("[pytest]\n", encoding="utf-8")
+    sanitize = workdir / "sanitize.cfg"
+    sanitize.write_text("".join(f"[{i}]\nregex: {rx}\nreplace: {rep}\n\n"
+                                for i, (rx, rep) in enumerate(SANITIZE_PATTERNS)), encoding="utf-8")
+    junit, log, out = workdir / "junit.xml", workdir / "cells.jsonl", workdir / "pytest.out"
+    cmd = [sys.executable, "-m", "pytest", nb_path.name,
+           "-c", str(ini), "--rootdir", str(workdir),
+           "-p", "attention_np.grading._nbplugin", "-p", "nbval.plugin", "-p", "no:cacheprovider",
+           "--nbval", "--nbval-current-env", "--nbval-cell-timeout", f"{cell_timeout:g}",
+           "--nbval-sanitize-with", str(sanitize), "--color=no", "--junitxml", str(junit),
+           "--grade-log", str(log), "-q", "--tb=no", "-p", "no:warnings"]
+    killed = False
+    with open(out, "wb") as out_f:
+        proc = subprocess.Popen(cmd, cwd=workdir, env=_kernel_env(seed), stdin=subprocess.DEVNULL,
+                                stdout=out_f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            killed = True
+            _kill_group(proc.pid)
+            proc.wait()
+        finally:
+            _kill_group(proc.pid)     # anything the run left behind in its group
+    records = _read_log(log)
+    for rec in records:
+        if rec.get("event") == "kernel" and isinstance(rec.get("pid"), int):
+            _kill_group(rec["pid"])  # the kernel runs in its own session (jupyter_client)
+    results = {}
+    for rec in records:
+        if rec.get("event") == "cell" and isinstance(rec.get("cell"), int):
+            prev = results.get(rec["cell"])
+            if prev is None or prev["outcome"] == "passed":   # keep the first failure (setup/call/teardown)
+                results[rec["cell"]] = rec
+    for cell, outcome, message in _read_junit(junit):
+        rec = results.setdefault(cell, {"cell": cell, "kind": "error" if outcome != "passed" else "pass",
+                                        "reason": message})
+        rec["outcome"] = outcome
+    try:
+        tail = out.read_bytes()[-2000:].decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        tail = []
+    return results, killed, proc.returncode, (tail[-1] if tail else "")
+
+
+def _read_log(path: Path) -> list:
+    records = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue
+    except OSError:
+        pass
+    return records
+
+
+_CELL_NAME = re.compile(r"Cell (\d+)$")
+
+
+def _read_junit(path: Path):
+    """``(code cell number, outcome, first line of message)`` per ``file.ipynb::Cell N`` test case."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return []
+    rows = []
+    for case in root.iter("testcase"):
+        m = _CELL_NAME.search(case.get("name", ""))
+        if not m:
+            continue
+        outcome, message = "passed", ""
+        for tag in ("failure", "error", "skipped"):
+            node = case.find(tag)
+            if node is not None:
+                outcome = {"failure": "failed", "error": "failed", "skipped": "skipped"}[tag]
+                message = (node.get("message") or "").strip().splitlines()[:1]
+                message = message[0] if message else ""
+                break
+        rows.append((int(m.group(1)), outcome, message))
+    return rows
+
+
+# ------------------------------------------------------------------------------ scoring
+def score(nb, results, killed: bool, timeout: float):
+    """Exercise results from per-cell results of the built notebook."""
+    code_number, n = {}, 0
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            code_number[i] = n
+            n += 1
+
+    def cell_result(i):
+        return results.get(code_number.get(i))
+
+    rows, region_start = [], 0
+    for ex in exercises(nb):
+        res = cell_result(ex.check_index)
+        # the cells this exercise owns: everything after the previous check cell
+        own = [i for i in range(region_start, ex.check_index) if i in code_number]
+        region_start = ex.check_index + 1
+        own_failures = [cell_result(i) for i in own
+                        if cell_result(i) is not None and cell_result(i).get("outcome") == "failed"]
+        if res is None:
+            reason = f"not reached: the overall time limit of {timeout:g} s was exceeded" if killed else "not reached"
+            rows.append(ExerciseResult(ex.grade_id, 0, ex.points, "not reached", reason))
+            continue
+        if res.get("outcome") == "passed":
+            rows.append(ExerciseResult(ex.grade_id, ex.points, ex.points, "pass", ""))
+            continue
+        kind, reason = res.get("kind", "error"), res.get("reason", "") or "failed"
+        stopped = [r for r in own_failures if r.get("kind") in ("timeout", "kernel died")]
+        raised = [r for r in own_failures if r.get("kind") == "error"
+                  and r.get("cell") in {code_number[i] for i in ex.solution_indices}]
+        if kind == "not reached" and stopped:
+            kind, reason = stopped[0]["kind"], stopped[0]["reason"] + " (in a cell before the check)"
+        elif kind == "error" and raised:
+            reason = f"{raised[0]['reason']} (raised in the solution cell)"
+        status = kind if kind in ("timeout", "kernel died", "not reached") else "fail"
+        rows.append(ExerciseResult(ex.grade_id, 0, ex.points, status, reason))
+    return rows
+
+
+def _locked_failure_warnings(nb, results) -> list:
+    warnings, n = [], 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        res = results.get(n)
+        n += 1
+        if cell_kind(cell) == "locked" and res is not None and res.get("outcome") == "failed" \
+                and res.get("kind") not in ("not reached",):
+            warnings.append(f"locked cell {cell.get('id')!r} failed: {res.get('reason', '')}")
+    return warnings[:3]
+
+
+# ------------------------------------------------------------------------------ grading
+def grade_one(path, solutions: Solutions, cell_timeout=DEFAULT_CELL_TIMEOUT, timeout=DEFAULT_TIMEOUT, seed=None):
+    """Grade one submission; never raises for anything the submission contains."""
+    path = Path(path)
+    start = time.monotonic()
+    report = Report(file=str(path), student=student_name(path, None),
+                    seed=seed if seed is not None else _safe_seed())
+    try:
+        return _grade_one(path, solutions, cell_timeout, timeout, seed, report)
+    except Exception as exc:  # noqa: BLE001 - one broken submission must not stop a batch
+        report.status = f"error: the grader failed on this file: {type(exc).__name__}: {exc}"
+        return report
+    finally:
+        report.seconds = round(time.monotonic() - start, 2)
+
+
+def _safe_seed():
+    try:
+        return grading_seed()
+    except ValueError:
+        return None
+
+
+def _grade_one(path, solutions, cell_timeout, timeout, seed, report):
+    if not path.is_file():
+        report.status = "invalid: file not found"
+        return report
+    try:
+        cells = read_submission(path)
+    except SubmissionError as exc:
+        cells, problem = None, str(exc)
+    name = solutions.match(path, cells or [])
+    report.notebook = name
+    report.student = student_name(path, name)
+    solution, error = solutions.get(name) if name else (None, None)
+    if solution is not None:
+        report.exercises = [ExerciseResult(e.grade_id, 0, e.points, "not graded", "")
+                            for e in exercises(solution)]
+        report.max_points = sum(e.points for e in exercises(solution))
+    if cells is None:
+        report.status = f"invalid: {problem}"
+        return report
+    if name is None:
+        report.status = (f"unknown notebook: no solution in {solutions.folder} matches "
+                         f"{path.name!r} by name or by cell ids")
+        return report
+    if solution is None:
+        report.status = f"error: the solution notebook is invalid: {error}"
+        return report
+
+    graded, report.warnings = build_graded(solution, cells)
+    with tempfile.TemporaryDirectory(prefix="attention_np_grade_") as tmp:
+        workdir = Path(tmp)
+        nb_path = workdir / f"{name}.ipynb"
+        nbformat.write(graded, str(nb_path))
+        results, killed, code, tail = run_nbval(nb_path, workdir, cell_timeout, timeout, seed)
+    if not results:
+        report.status = (f"error: nbval produced no results (exit code {code}): {tail}" if not killed
+                         else f"time limit: the overall limit of {timeout:g} s was exceeded before any cell ran")
+        for e in report.exercises:
+            e.status, e.reason = "not reached", report.status
+        return report
+    report.exercises = score(graded, results, killed, timeout)
+    report.total = sum(e.points for e in report.exercises)
+    report.warnings += _locked_failure_warnings(graded, results)
+    if killed:
+        report.status = f"time limit: the overall limit of {timeout:g} s was exceeded; later exercises not reached"
+    return report
+
+
+# ------------------------------------------------------------------------------- output
+def format_report(r: Report) -> str:
+    head = f"{r.file}  (student: {r.student}"
+    head += f", notebook: {r.notebook})" if r.notebook else ")"
+    lines = [head]
+    if r.status != "graded":
+        lines.append(f"  status: {r.status}")
+    width = max([len(e.id) for e in r.exercises] + [5])
+    for e in r.exercises:
+        pts = f"{fmt_points(e.points)}/{fmt_points(e.max_points)}"
+        lines.append(f"  {e.id:<{width}}  {pts:>7}  {e.status:<12} {e.reason}".rstrip())
+    if r.exercises:
+        lines.append(f"  {'total':<{width}}  {fmt_points(r.total) + '/' + fmt_points(r.max_points):>7}")
+    for w in r.warnings:
+        lines.append(f"  warning: {w}")
+    return "\n".join(lines)
+
+
+def write_csv(reports, path):
+    ids = []
+    for r in reports:
+        for e in r.exercises:
+            if e.id not in ids:
+                ids.append(e.id)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["student", "notebook", *ids, "total", "max", "status", "file"])
+        for r in reports:
+            pts = {e.id: fmt_points(e.points) for e in r.exercises}
+            w.writerow([r.student, r.notebook or "", *(pts.get(i, "") for i in ids),
+                        fmt_points(r.total) if r.exercises else "", fmt_points(r.max_points) if r.exercises else "",
+                        r.status, r.file])
+
+
+def write_json(reports, path, solutions_dir):
+    data = {"solutions": str(solutions_dir), "submissions": [r.as_dict() for r in reports]}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+
+
+def _expand(paths):
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(q for q in sorted(p.rglob("*.ipynb")) if ".ipynb_checkpoints" not in q.parts)
+        else:
+            files.append(p)
+    return files
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m attention_np.grade",
+        description="Grade exercise notebooks against the solutions (student code is not sandboxed).")
+    parser.add_argument("submissions", nargs="+", help="submission notebooks (or folders of them)")
+    parser.add_argument("--solutions", default=None,
+                        help="solutions folder (default: ./solutions, else the repository's solutions/)")
+    parser.add_argument("--jobs", "-j", type=int, default=1, help="submissions graded in parallel (default 1)")
+    parser.add_argument("--cell-timeout", type=float, default=DEFAULT_CELL_TIMEOUT,
+                        help=f"seconds per cell (default {DEFAULT_CELL_TIMEOUT:g})")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help=f"seconds per submission in all (default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--csv", help="write a gradebook: one row per submission")
+    parser.add_argument("--json", help="write the full report as JSON")
+    parser.add_argument("--seed", type=int, default=None,
+                        help=f"seed for the check inputs (sets ${SEED_ENV}; default: the fixed default seed)")
+    args = parser.parse_args(argv)
+
+    folder = Path(args.solutions) if args.solutions else default_solutions_dir()
+    if folder is None or not folder.is_dir():
+        print(f"error: solutions folder {args.solutions or 'solutions/'} not found "
+              "(use --solutions DIR)", file=sys.stderr)
+        return 2
+    solutions = Solutions(folder)
+    if not solutions.names:
+        print(f"error: no solution notebooks in {folder}", file=sys.stderr)
+        return 2
+    files = _expand(args.submissions)
+    if not files or not any(f.is_file() for f in files):
+        print("error: no submission file found", file=sys.stderr)
+        return 2
+    if args.seed is None:
+        try:
+            grading_seed()
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
+    several = len(files) > 1
+    done, lock = [0], threading.Lock()
+
+    def job(path):
+        r = grade_one(path, solutions, args.cell_timeout, args.timeout, args.seed)
+        if several:
+            with lock:
+                done[0] += 1
+                score_txt = (f"{fmt_points(r.total)}/{fmt_points(r.max_points)}" if r.exercises else "-")
+                extra = "" if r.status == "graded" else f"  [{r.status}]"
+                print(f"[{done[0]}/{len(files)}] {r.file}: {score_txt} ({r.seconds:.1f} s){extra}", flush=True)
+        return r
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        reports = list(pool.map(job, files))
+
+    if several:
+        print()
+    for r in reports:
+        print(format_report(r))
+        print()
+    if several:
+        graded = sum(r.status == "graded" for r in reports)
+        print(f"{len(reports)} submission(s): {graded} graded fully, {len(reports) - graded} with problems")
+    if args.csv:
+        write_csv(reports, args.csv)
+        print(f"wrote {args.csv}")
+    if args.json:
+        write_json(reports, args.json, folder)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

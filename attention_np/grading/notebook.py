@@ -1,0 +1,253 @@
+"""Shared notebook helpers for release and grading.
+
+A *solution notebook* (``solutions/NN_slug.ipynb``) has three kinds of cells:
+
+* solution cells: code cells tagged ``solution``; the student's part lies
+  between lines ``### BEGIN SOLUTION`` and ``### END SOLUTION`` (a cell may
+  hold several regions, markers may be indented inside a function body);
+* check cells: code cells tagged ``check`` with metadata
+  ``{"grade": {"id": "ex3", "points": 2}}``;
+* locked cells: everything else.
+
+This module classifies cells, validates solution notebooks, and turns
+solution regions into the exercise stub ``# YOUR CODE HERE`` +
+``raise NotImplementedError()``.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+SOLUTION_TAG = "solution"
+CHECK_TAG = "check"
+BEGIN_MARKER = "### BEGIN SOLUTION"
+END_MARKER = "### END SOLUTION"
+STUB_LINES = ("# YOUR CODE HERE", "raise NotImplementedError()")
+MIN_EXERCISES = 3
+
+_MARKER_RE = re.compile(r"^(?P<indent>[ \t]*)(?P<marker>### (?:BEGIN|END) SOLUTION)[ \t]*$")
+
+
+class NotebookError(ValueError):
+    """A solution notebook breaks the format; the message names the notebook and the cell."""
+
+
+# --------------------------------------------------------------------------- cells
+def cell_tags(cell) -> list:
+    """The cell's tags as a list of strings (tolerates missing or malformed metadata)."""
+    meta = cell.get("metadata") if isinstance(cell, dict) else None
+    tags = meta.get("tags") if isinstance(meta, dict) else None
+    if not isinstance(tags, list):
+        return []
+    return [t for t in tags if isinstance(t, str)]
+
+
+def cell_source(cell) -> str:
+    """The cell's source as one string (nbformat allows a list of lines)."""
+    src = cell.get("source", "") if isinstance(cell, dict) else ""
+    if isinstance(src, list):
+        return "".join(s for s in src if isinstance(s, str))
+    return src if isinstance(src, str) else ""
+
+
+def grade_info(cell):
+    """``(grade_id, points)`` from a check cell's metadata, or ``(None, None)``."""
+    meta = cell.get("metadata") if isinstance(cell, dict) else None
+    grade = meta.get("grade") if isinstance(meta, dict) else None
+    if not isinstance(grade, dict):
+        return None, None
+    gid = grade.get("id")
+    points = grade.get("points")
+    return (gid if isinstance(gid, str) else None), points
+
+
+def cell_kind(cell) -> str:
+    """``"solution"``, ``"check"`` or ``"locked"``."""
+    if not isinstance(cell, dict) or cell.get("cell_type") != "code":
+        return "locked"
+    tags = cell_tags(cell)
+    if CHECK_TAG in tags:
+        return "check"
+    if SOLUTION_TAG in tags:
+        return "solution"
+    return "locked"
+
+
+def describe_cell(index: int, cell) -> str:
+    """``cell 7 (id 'a1b2')`` — how error messages and warnings name a cell."""
+    cid = cell.get("id") if isinstance(cell, dict) else None
+    return f"cell {index} (id {cid!r})" if cid else f"cell {index}"
+
+
+# ------------------------------------------------------------------ solution regions
+def find_regions(source: str):
+    """Solution regions of a cell as ``[(begin_line, end_line, indent), ...]``.
+
+    Raises ``ValueError`` (without the cell's name; the caller adds it) when the
+    markers are missing, unbalanced or nested.
+    """
+    regions, begin, indent = [], None, ""
+    lines = source.split("\n")
+    for i, line in enumerate(lines):
+        m = _MARKER_RE.match(line)
+        if not m:
+            if BEGIN_MARKER in line or END_MARKER in line:
+                raise ValueError(f"line {i + 1}: a solution marker must stand alone on its line: {line.strip()!r}")
+            continue
+        if m.group("marker") == BEGIN_MARKER:
+            if begin is not None:
+                raise ValueError(f"line {i + 1}: '{BEGIN_MARKER}' again before '{END_MARKER}'")
+            begin, indent = i, m.group("indent")
+        else:
+            if begin is None:
+                raise ValueError(f"line {i + 1}: '{END_MARKER}' without '{BEGIN_MARKER}'")
+            regions.append((begin, i, indent))
+            begin = None
+    if begin is not None:
+        raise ValueError(f"line {begin + 1}: '{BEGIN_MARKER}' without '{END_MARKER}'")
+    if not regions:
+        raise ValueError(f"no '{BEGIN_MARKER}' ... '{END_MARKER}' region")
+    return regions
+
+
+def strip_solution(source: str) -> str:
+    """Replace every solution region (markers included) by the exercise stub, keeping indentation."""
+    lines = source.split("\n")
+    out, last = [], 0
+    for begin, end, indent in find_regions(source):
+        out.extend(lines[last:begin])
+        out.extend(indent + stub for stub in STUB_LINES)
+        last = end + 1
+    out.extend(lines[last:])
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------- notebooks
+@dataclass
+class Exercise:
+    grade_id: str
+    points: float
+    check_index: int        # index of the check cell in nb.cells
+    check_id: str
+    solution_indices: list  # solution cells between the previous check cell and this one
+
+
+def read_notebook(path):
+    """Read a trusted notebook (solution or exercise) with nbformat, as version 4."""
+    return nbformat.read(str(path), as_version=4)
+
+
+def write_text(nb) -> str:
+    """The canonical text of a notebook (deterministic: sorted keys, trailing newline)."""
+    text = nbformat.writes(nb)
+    return text if text.endswith("\n") else text + "\n"
+
+
+def exercises(nb) -> list:
+    """The graded exercises of a (validated) solution notebook, in notebook order."""
+    result, pending = [], []
+    for i, cell in enumerate(nb.cells):
+        kind = cell_kind(cell)
+        if kind == "solution":
+            pending.append(i)
+        elif kind == "check":
+            gid, points = grade_info(cell)
+            result.append(Exercise(gid, points, i, cell.get("id"), pending))
+            pending = []
+    return result
+
+
+def validate_solution(nb, name: str) -> list:
+    """Every problem of a solution notebook, as messages naming the notebook and the cell."""
+    errors = []
+
+    def err(index, cell, msg):
+        errors.append(f"{name}: {describe_cell(index, cell)}: {msg}")
+
+    if nb.get("nbformat") != 4 or nb.get("nbformat_minor", 0) < 5:
+        errors.append(f"{name}: must be nbformat 4.5 or later (with cell ids), "
+                      f"got {nb.get('nbformat')}.{nb.get('nbformat_minor')}")
+    seen_ids, seen_grades = {}, {}
+    for i, cell in enumerate(nb.cells):
+        cid = cell.get("id")
+        if not cid:
+            err(i, cell, "has no cell id")
+        elif cid in seen_ids:
+            err(i, cell, f"duplicate cell id (also cell {seen_ids[cid]})")
+        else:
+            seen_ids[cid] = i
+        tags = cell_tags(cell)
+        if SOLUTION_TAG in tags and CHECK_TAG in tags:
+            err(i, cell, "is tagged both 'solution' and 'check'")
+            continue
+        if (SOLUTION_TAG in tags or CHECK_TAG in tags) and cell.get("cell_type") != "code":
+            err(i, cell, f"is a {cell.get('cell_type')} cell tagged {tags}; only code cells can be graded")
+            continue
+        kind = cell_kind(cell)
+        if kind == "solution":
+            try:
+                find_regions(cell_source(cell))
+            except ValueError as exc:
+                err(i, cell, f"solution cell: {exc}")
+        elif kind == "check":
+            gid, points = grade_info(cell)
+            if gid is None:
+                err(i, cell, 'check cell needs metadata {"grade": {"id": "exN", "points": P}}')
+                continue
+            if gid in seen_grades:
+                err(i, cell, f"duplicate grade id {gid!r} (also cell {seen_grades[gid]})")
+            else:
+                seen_grades[gid] = i
+            if isinstance(points, bool) or not isinstance(points, (int, float)) or not points > 0:
+                err(i, cell, f"check cell {gid!r} needs a positive number of points, got {points!r}")
+            if cell.get("execution_count") is None:
+                err(i, cell, f"check cell {gid!r} has no execution count: execute the solution notebook "
+                             "so its outputs become the reference")
+            if BEGIN_MARKER in cell_source(cell) or END_MARKER in cell_source(cell):
+                err(i, cell, f"check cell {gid!r} contains solution markers")
+        else:
+            src = cell_source(cell)
+            if cell.get("cell_type") == "code" and (BEGIN_MARKER in src or END_MARKER in src):
+                err(i, cell, "has solution markers but is not tagged 'solution'")
+    n = len(seen_grades)
+    if n < MIN_EXERCISES:
+        errors.append(f"{name}: has {n} graded exercise(s); at least {MIN_EXERCISES} check cells are required")
+    return errors
+
+
+def load_solution(path):
+    """Read and validate a solution notebook; raise :class:`NotebookError` listing every problem."""
+    path = Path(path)
+    try:
+        nb = read_notebook(path)
+    except Exception as exc:  # noqa: BLE001 - any reading problem is reported the same way
+        raise NotebookError(f"{path}: cannot read notebook: {exc}") from None
+    errors = validate_solution(nb, str(path))
+    if errors:
+        raise NotebookError("\n".join(errors))
+    return nb
+
+
+def make_exercise(nb):
+    """The exercise generated from a validated solution notebook (a new notebook object).
+
+    Solution regions become the stub; solution and check cells lose their outputs and
+    execution counts; every cell keeps its id, tags and metadata (except nbclient's
+    ``metadata.execution`` timestamps); locked cells keep their outputs.
+    """
+    ex = nbformat.from_dict(copy.deepcopy(nb))
+    for cell in ex.cells:
+        # nbclient's per-cell timing record changes at every execution of the solution:
+        # it is execution output, not authored metadata, so it is not released.
+        cell.get("metadata", {}).pop("execution", None)
+        kind = cell_kind(cell)
+        if kind == "solution":
+            cell.source = strip_solution(cell_source(cell))
+        if kind in ("solution", "check"):
+            cell.outputs = []
+            cell.execution_count = None
+    return ex
