@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from attention_np.mechanisms.transformer import FeedForward, TinyTransformer, TransformerBlock
-from attention_np.nn.functional import causal_mask, padding_mask
+from attention_np.nn.functional import padding_mask
 from attention_np.nn.losses import cross_entropy, cross_entropy_backward
 from attention_np.train.data import reverse_task
 from attention_np.train.gradcheck import TOLERANCE, check_module
