@@ -20,7 +20,7 @@ RNN *before* attention, unlike Bahdanau's ``s_{i-1}`` -- and the source states
     c_t = \textstyle\sum_s a_t(s)\,\bar h_s \in \mathbb R^{B\times d},\qquad
     \tilde h_t = \tanh([c_t; h_t]\, W_c),\ W_c \in \mathbb R^{2d\times d}
 
-(eqs. 5-8 of the paper; the location-based score needs a fixed maximum source
+(the paper's global attention; its location-based score needs a fixed maximum source
 length and is left out).  The output layer ``softmax(W_s h̃_t)`` and input
 feeding belong to the decoder that uses this module.
 

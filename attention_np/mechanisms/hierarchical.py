@@ -1,5 +1,5 @@
 r"""Hierarchical attention networks (Yang, Yang, Dyer, He, Smola & Hovy 2016,
-*Hierarchical Attention Networks for Document Classification*, NAACL, section 2;
+*Hierarchical Attention Networks for Document Classification*, NAACL;
 MECHANISMS.md M14).
 
 A document is ``L`` sentences of ``T`` words.  Words are embedded
@@ -9,7 +9,7 @@ into a sentence vector by *attention pooling* with a learned context vector;
 sentence vectors are read by a second BiGRU and pooled the same way into a
 document vector ``v``, which a linear layer classifies.
 
-Attention pooling (eqs. 5-7 words, 8-10 sentences), row form, ``H (B, T, d_in)``,
+Attention pooling (word level, then sentence level), row form, ``H (B, T, d_in)``,
 ``W (d_in, d_att)``, ``b (d_att,)`` and the context vector ``u (d_att,)``
 (the paper's :math:`u_w` / :math:`u_s`, a fixed, learned "query"):
 

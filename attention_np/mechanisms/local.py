@@ -1,5 +1,5 @@
 r"""Local attention (Luong, Pham & Manning 2015, *Effective Approaches to
-Attention-based Neural Machine Translation*, EMNLP, section 3.2; MECHANISMS.md M12).
+Attention-based Neural Machine Translation*, EMNLP; MECHANISMS.md M12).
 
 A decoder state ``h_t (B, d)`` attends only to the source positions
 ``s`` (0-based array indices ``0..S-1``) in a window ``|s - p_t| <= D`` around
@@ -9,7 +9,7 @@ local-m (``mode="monotonic"``): ``p_t = t`` and
 
 .. math:: a_t(s) = \operatorname{softmax}_{s\in\text{window}}\bigl(\operatorname{score}(h_t, \bar h_s)\bigr)
 
-local-p (``mode="predictive"``, eqs. 9-10): with ``W_p (d, d_p)``, ``v_p (d_p,)``,
+local-p (``mode="predictive"``): with ``W_p (d, d_p)``, ``v_p (d_p,)``,
 
 .. math::
     p_t = S\,\sigma\bigl(v_p^\top \tanh(W_p^\top h_t)\bigr) \in [0, S],\qquad

@@ -5,7 +5,8 @@ al. 2016 HAN; Yao et al. 2015) all put attention on top of recurrent states.
 This file gives those states, with hand-written backward passes.
 
 GRU (Cho et al. 2014, *Learning Phrase Representations using RNN
-Encoder-Decoder for Statistical Machine Translation*, eqs. 5-8), row form with
+Encoder-Decoder for Statistical Machine Translation*, the "hidden unit that adaptively
+remembers and forgets"), row form with
 ``x (B, d_in)``, ``h (B, H)`` and stacked weights ``W (d_in, 3H)``,
 ``U (H, 3H)``, ``b (3H,)`` whose column blocks are ``[z | r | candidate]``:
 
