@@ -16,7 +16,9 @@ solution regions into the exercise stub ``# YOUR CODE HERE`` +
 from __future__ import annotations
 
 import copy
+import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,11 +138,6 @@ class Exercise:
     solution_indices: list  # solution cells between the previous check cell and this one
 
 
-def read_notebook(path):
-    """Read a trusted notebook (solution or exercise) with nbformat, as version 4."""
-    return nbformat.read(str(path), as_version=4)
-
-
 def write_text(nb) -> str:
     """The canonical text of a notebook (deterministic: sorted keys, trailing newline)."""
     text = nbformat.writes(nb)
@@ -223,9 +220,22 @@ def load_solution(path):
     """Read and validate a solution notebook; raise :class:`NotebookError` listing every problem."""
     path = Path(path)
     try:
-        nb = read_notebook(path)
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text)
+        with warnings.catch_warnings():
+            # nbformat silently renames duplicate cell ids; they are reported below instead
+            warnings.simplefilter("ignore")
+            nb = nbformat.reads(text, as_version=4)
     except Exception as exc:  # noqa: BLE001 - any reading problem is reported the same way
         raise NotebookError(f"{path}: cannot read notebook: {exc}") from None
+    raw_cells = raw.get("cells") if isinstance(raw, dict) else None
+    raw_ids = [c.get("id") if isinstance(c, dict) else None for c in raw_cells or []]
+    if len(raw_ids) == len(nb.cells):
+        for cell, cid in zip(nb.cells, raw_ids):   # validate the ids as written in the file
+            if cid is None:
+                cell.pop("id", None)
+            else:
+                cell["id"] = cid
     errors = validate_solution(nb, str(path))
     if errors:
         raise NotebookError("\n".join(errors))
