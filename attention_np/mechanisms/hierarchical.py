@@ -41,7 +41,7 @@ from ..nn.validate import as_float_array, check_int_array, check_mask, shape_err
 ENCODERS = ("gru", "lstm", "none")
 
 
-def attention_pooling(H, W, b, u, mask=None):
+def context_pooling(H, W, b, u, mask=None):
     """``H (B, T, d_in)`` -> ``(pooled (B, d_in), weights (B, T), U (B, T, d_att))``."""
     U = np.tanh(H @ W + b)                                  # (B, T, d_in) @ (d_in, d_att) -> (B, T, d_att)
     scores = U @ u                                          # (B, T): similarity to the context vector
@@ -50,8 +50,8 @@ def attention_pooling(H, W, b, u, mask=None):
     return pooled, weights, U
 
 
-def attention_pooling_backward(dpooled, H, weights, U, W, u):
-    """Backward of :func:`attention_pooling`: ``-> (dH, {"W", "b", "u"})``."""
+def context_pooling_backward(dpooled, H, weights, U, W, u):
+    """Backward of :func:`context_pooling`: ``-> (dH, {"W", "b", "u"})``."""
     dweights = np.einsum("bd,btd->bt", dpooled, H)          # (B, T)
     dH = weights[:, :, None] * dpooled[:, None, :]          # (B, T, d_in) value path
     dscores = softmax_backward(dweights, weights)           # (B, T); masked -> 0
@@ -90,13 +90,13 @@ class AttentionPooling(Module):
         if mask is not None:
             mask = check_mask(mask, H.shape[:2])
         p = self.params
-        pooled, self.weights, U = attention_pooling(H, p["W"], p["b"], p["u"], mask)
+        pooled, self.weights, U = context_pooling(H, p["W"], p["b"], p["u"], mask)
         self.cache = (H, self.weights, U)
         return pooled
 
     def backward(self, dpooled):
         H, weights, U = self.cache
-        dH, grads = attention_pooling_backward(dpooled, H, weights, U, self.params["W"], self.params["u"])
+        dH, grads = context_pooling_backward(dpooled, H, weights, U, self.params["W"], self.params["u"])
         for name, g in grads.items():
             self.grads[name] += g
         return dH
