@@ -34,13 +34,16 @@ import numpy as np
 from ..nn.functional import softmax, softmax_backward
 from ..nn.module import Module, default_rng, xavier_uniform
 from ..nn.validate import as_float_array, check_mask, shape_error
+from .soft import additive_scores, additive_scores_backward
 
 
 def temporal_attention(frames, h_prev, W_a, U_a, b_a, w, mask=None):
-    """``frames (B, F, D)``, ``h_prev (B, d_state)`` -> ``(phi (B, D), weights (B, F), T (B, F, d_hidden))``."""
-    pre = (h_prev @ W_a)[:, None, :] + frames @ U_a + b_a    # (B, 1, d_h) + (B, F, d_h) -> (B, F, d_h)
-    T = np.tanh(pre)                                        # (B, F, d_h)
-    scores = T @ w                                          # (B, F)
+    """``frames (B, F, D)``, ``h_prev (B, d_state)`` -> ``(phi (B, D), weights (B, F), T (B, F, d_hidden))``.
+
+    The score is Show-Attend-Tell's additive score (soft.py) with the frames as
+    annotations: Yao's ``U_a`` acts on the frames and ``W_a`` on the state.
+    """
+    scores, T = additive_scores(frames, h_prev, U_a, W_a, b_a, w)   # (B, F), (B, F, d_h)
     weights = softmax(scores, axis=-1, mask=mask)           # (B, F); masked frames -> 0
     phi = np.einsum("bf,bfd->bd", weights, frames)          # (B, F) . (B, F, D) -> (B, D)
     return phi, weights, T
@@ -51,17 +54,9 @@ def temporal_attention_backward(dphi, frames, h_prev, weights, T, W_a, U_a, w):
     dweights = np.einsum("bd,bfd->bf", dphi, frames)        # (B, F)
     dframes = weights[:, :, None] * dphi[:, None, :]        # (B, F, D) value path
     dscores = softmax_backward(dweights, weights)           # (B, F); masked frames -> 0
-    dpre = dscores[:, :, None] * w * (1.0 - T * T)          # (B, F, d_h)
-    dpre_h = dpre.sum(axis=1)                               # (B, d_h): h_prev is shared by every frame
-    dframes = dframes + dpre @ U_a.T                        # (B, F, d_h) @ (d_h, D) -> key path
-    D, d_h = frames.shape[-1], T.shape[-1]
-    grads = {
-        "W_a": h_prev.T @ dpre_h,                                           # (d_state, d_h)
-        "U_a": frames.reshape(-1, D).T @ dpre.reshape(-1, d_h),             # (D, d_h)
-        "b_a": dpre_h.sum(axis=0),                                          # (d_h,)
-        "w": np.einsum("bf,bfk->k", dscores, T),                            # (d_h,)
-    }
-    return dframes, dpre_h @ W_a.T, grads
+    dframes_key, dh_prev, dU_a, dW_a, db_a, dw = additive_scores_backward(dscores, frames, h_prev, U_a, W_a, w, T)
+    grads = {"W_a": dW_a, "U_a": dU_a, "b_a": db_a, "w": dw}
+    return dframes + dframes_key, dh_prev, grads            # value path + key path
 
 
 class TemporalAttention(Module):
