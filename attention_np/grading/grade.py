@@ -302,10 +302,31 @@ def _kernel_env(seed):
 
 
 def _kill_group(pgid):
+    killpg = getattr(os, "killpg", None)   # POSIX; elsewhere only the direct child can be killed
+    if killpg is None:
+        return
     try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, OSError):
+        killpg(pgid, signal.SIGKILL)
+    except OSError:
         pass
+
+
+_ACTIVE, _ACTIVE_LOCK = {}, threading.Lock()   # running nbval processes: pid -> grade log (for Ctrl-C)
+
+
+def _kernel_pids(log: Path) -> list:
+    return [r["pid"] for r in _read_log(log) if r.get("event") == "kernel" and isinstance(r.get("pid"), int)]
+
+
+def kill_active_runs():
+    """Kill every running nbval process group and its kernel's group (the grader was interrupted)."""
+    with _ACTIVE_LOCK:
+        active = list(_ACTIVE.items())
+    for pid, (proc, log) in active:
+        _kill_group(pid)
+        proc.kill()
+        for kernel in _kernel_pids(log):
+            _kill_group(kernel)
 
 
 def run_nbval(nb_path: Path, workdir: Path, cell_timeout: float, timeout: float, seed):
@@ -326,18 +347,22 @@ def run_nbval(nb_path: Path, workdir: Path, cell_timeout: float, timeout: float,
     with open(out, "wb") as out_f:
         proc = subprocess.Popen(cmd, cwd=workdir, env=_kernel_env(seed), stdin=subprocess.DEVNULL,
                                 stdout=out_f, stderr=subprocess.STDOUT, start_new_session=True)
+        with _ACTIVE_LOCK:
+            _ACTIVE[proc.pid] = (proc, log)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             killed = True
             _kill_group(proc.pid)
+            proc.kill()
             proc.wait()
         finally:
             _kill_group(proc.pid)     # anything the run left behind in its group
+            with _ACTIVE_LOCK:
+                _ACTIVE.pop(proc.pid, None)
+    for kernel in _kernel_pids(log):
+        _kill_group(kernel)           # the kernel runs in its own session (jupyter_client)
     records = _read_log(log)
-    for rec in records:
-        if rec.get("event") == "kernel" and isinstance(rec.get("pid"), int):
-            _kill_group(rec["pid"])  # the kernel runs in its own session (jupyter_client)
     results = {}
     for rec in records:
         if rec.get("event") == "cell" and isinstance(rec.get("cell"), int):
@@ -500,7 +525,7 @@ def _grade_one(path, solutions, cell_timeout, timeout, seed, report):
         return report
 
     graded, report.warnings = build_graded(solution, cells)
-    with tempfile.TemporaryDirectory(prefix="attention_np_grade_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="attention_np_grade_", ignore_cleanup_errors=True) as tmp:
         workdir = Path(tmp)
         nb_path = workdir / f"{name}.ipynb"
         nbformat.write(graded, str(nb_path))
@@ -621,8 +646,15 @@ def main(argv=None) -> int:
                 print(f"[{done[0]}/{len(files)}] {r.file}: {score_txt} ({r.seconds:.1f} s){extra}", flush=True)
         return r
 
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, args.jobs))
+    try:
         reports = list(pool.map(job, files))
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        kill_active_runs()
+        print("interrupted: running submissions were stopped", file=sys.stderr)
+        return 130
+    pool.shutdown()
 
     if several:
         print()
