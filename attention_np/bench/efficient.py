@@ -118,7 +118,7 @@ def main(argv=None) -> int:
           f"flash block size {args.block_size}; {threads}; time = best of >= {args.repeats} runs, "
           f"memory = tracemalloc peak")
     print(f"{'n':>6} | {'naive ms':>9} {'flash ms':>9} {'linear ms':>9} | "
-          f"{'naive MiB':>9} {'flash MiB':>9} {'linear MiB':>10} | {'flash/naive time':>16} {'mem':>7}")
+          f"{'naive MiB':>9} {'flash MiB':>9} {'linear MiB':>10} | {'flash/naive time':>16} {'flash/naive mem':>15}")
     rows = []
     for n in args.sizes:
         r = measure(n, args.d, np.dtype(args.dtype), args.block_size, args.repeats, args.causal)
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
         m = {name: r[name]["peak_bytes"] for name in METHODS}
         print(f"{n:>6} | {1e3 * t['naive']:9.1f} {1e3 * t['flash']:9.1f} {1e3 * t['linear']:9.1f} | "
               f"{m['naive'] / mib:9.2f} {m['flash'] / mib:9.2f} {m['linear'] / mib:10.2f} | "
-              f"{t['flash'] / t['naive']:16.2f} {m['flash'] / max(m['naive'], 1):7.4f}")
+              f"{t['flash'] / t['naive']:16.2f} {m['flash'] / max(m['naive'], 1):15.4f}")
 
     n, r = rows[-1]
     time_ratio = r["flash"]["seconds"] / r["naive"]["seconds"]
