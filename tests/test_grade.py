@@ -387,3 +387,33 @@ def test_built_notebook_takes_only_solution_cells_from_the_submission(tmp_path):
 def test_missing_solutions_folder_is_a_grader_error(tmp_path):
     proc, _ = run_grade([FIXTURE, "--solutions", tmp_path / "nope"], cwd=tmp_path)
     assert proc.returncode == 2 and "solutions folder" in proc.stderr
+
+
+def test_overall_time_limit_kills_the_run_and_everything_the_kernel_started(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    nb = set_source(solution_json(), "ex2-solution",           # a background child of the kernel, then a hang
+                    f"import subprocess\nchild = subprocess.Popen(['sleep', '300'])\n"
+                    f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n\n\n"
+                    "def softmax_rows(z):\n    while True:\n        pass")
+    path = tmp_path / "dan" / "90_fixture.ipynb"
+    path.parent.mkdir()
+    path.write_text(json.dumps(nb))
+    report = tmp_path / "report.json"
+    proc, seconds = run_grade([path, "--solutions", SOLUTIONS, "--cell-timeout", 120, "--timeout", 10,
+                               "--json", report], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(report.read_text())["submissions"][0]
+    assert r["status"].startswith("time limit")
+    assert {e["id"]: e["status"] for e in r["exercises"][1:]} == dict.fromkeys(["ex2", "ex3", "ex4", "ex5"],
+                                                                               "not reached")
+    assert "overall time limit of 10 s" in r["exercises"][1]["reason"]
+    assert seconds < 30
+    child = int(pid_file.read_text())
+    for _ in range(50):                       # a killed orphan may take a moment to be reaped
+        status = Path(f"/proc/{child}/status")
+        if not status.exists() or "zombie" in status.read_text():
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, 9)
+        pytest.fail(f"a process started by the student's code (pid {child}) survived the overall time limit")
