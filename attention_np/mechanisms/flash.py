@@ -56,7 +56,7 @@ __all__ = ["flash_attention", "flash_attention_backward", "DEFAULT_BLOCK_SIZE"]
 #: NumPy the interpreter overhead per block dominates unless blocks are large
 #: (see ``python -m attention_np.bench efficient``).  512 x 512 float32 scores
 #: are 1 MiB per buffer, still O(1) in n.
-DEFAULT_BLOCK_SIZE = 512
+DEFAULT_BLOCK_SIZE = 64     # the contract's default (DESIGN.md); the benchmark uses 512, see bench/efficient.py
 
 
 def _setup(q, k, v, causal, block_size):
