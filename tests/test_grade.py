@@ -417,3 +417,16 @@ def test_overall_time_limit_kills_the_run_and_everything_the_kernel_started(tmp_
     else:
         os.kill(child, 9)
         pytest.fail(f"a process started by the student's code (pid {child}) survived the overall time limit")
+
+
+def test_submissions_are_matched_to_their_solution(tmp_path):
+    from attention_np.grading.grade import Solutions
+    solutions = Solutions(SOLUTIONS)
+    assert solutions.match(Path("90_fixture (1).ipynb"), []) == "90_fixture"
+    assert solutions.match(Path("bob-90_fixture.ipynb"), []) == "90_fixture"
+    assert solutions.match(Path("hw90_answers.ipynb"), []) == "90_fixture"
+    path = tmp_path / "mine.ipynb"
+    path.write_text(json.dumps(solution_json()))
+    assert solutions.match(path, read_submission(path)) == "90_fixture"       # all cell ids shared
+    few = [{"id": "ex1-check"}, {"id": "ex2-check"}, {"id": "intro"}]           # ids that recur across chapters
+    assert solutions.match(path, few) is None

@@ -143,20 +143,25 @@ class Solutions:
             return self._ids[name]
 
     def match(self, path: Path, cells) -> str | None:
-        """The solution a submission belongs to: by file name, else by the cell ids it shares."""
+        """The solution a submission belongs to: by file name (whole stem, contained stem, ``NN_``
+        prefix), else by cell ids when nearly all of one solution's ids are present (ids such as
+        ``ex1-check`` may recur across chapters, so a partial overlap is not enough)."""
         stem = path.stem
         if stem in self.names:
             return stem
         inside = [n for n in self.names if n in stem]
         if inside:
             return max(inside, key=len)
+        numbers = set(re.findall(r"(?<!\d)(\d{2})(?=_)", stem))
+        by_number = [n for n in self.names if n[:2] in numbers and n[2:3] == "_"]
+        if len(by_number) == 1:
+            return by_number[0]
         ids = {c.get("id") for c in cells} - {None}
-        best, best_count = None, 0
-        for name in self.names:
-            count = len(ids & self.cell_ids(name))
-            if count > best_count:
-                best, best_count = name, count
-        return best if best_count >= 3 else None
+        scored = sorted(((len(ids & self.cell_ids(n)) / max(1, len(self.cell_ids(n))), n) for n in self.names),
+                        reverse=True)
+        if scored and scored[0][0] >= 0.8 and (len(scored) == 1 or scored[1][0] < scored[0][0]):
+            return scored[0][1]
+        return None
 
 
 def student_name(path: Path, notebook: str | None) -> str:
@@ -363,16 +368,17 @@ def run_nbval(nb_path: Path, workdir: Path, cell_timeout: float, timeout: float,
     for kernel in _kernel_pids(log):
         _kill_group(kernel)           # the kernel runs in its own session (jupyter_client)
     records = _read_log(log)
+    # The plugin's log decides (the cell's own run; a setup failure when it never ran); the
+    # junit report fills in any cell the log lacks.
     results = {}
     for rec in records:
         if rec.get("event") == "cell" and isinstance(rec.get("cell"), int):
-            prev = results.get(rec["cell"])
-            if prev is None or prev["outcome"] == "passed":   # keep the first failure (setup/call/teardown)
+            if rec.get("when") == "call" or rec["cell"] not in results:
                 results[rec["cell"]] = rec
     for cell, outcome, message in _read_junit(junit):
-        rec = results.setdefault(cell, {"cell": cell, "kind": "error" if outcome != "passed" else "pass",
-                                        "reason": message})
-        rec["outcome"] = outcome
+        if cell not in results:
+            results[cell] = {"cell": cell, "outcome": outcome, "reason": message,
+                             "kind": "pass" if outcome == "passed" else "error"}
     try:
         tail = out.read_bytes()[-2000:].decode("utf-8", "replace").strip().splitlines()
     except OSError:
