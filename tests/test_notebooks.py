@@ -46,6 +46,8 @@ def test_format_kernel_and_ids(path):
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
     ids = [c.get("id") for c in nb["cells"]]
     assert all(ids) and len(set(ids)) == len(ids), "every cell needs a unique id"
+    stamped = [i for i, c in enumerate(nb["cells"]) if "execution" in c.get("metadata", {})]
+    assert not stamped, f"cells {stamped} carry nbclient timestamps (metadata.execution): strip them"
 
 
 @pytest.mark.parametrize("path", CHAPTERS + SOLUTIONS, ids=_id)
@@ -95,3 +97,27 @@ def test_solutions_have_a_chapter(path):
 
 def test_chapter_pairs_match():
     assert {p.name for p in SOLUTIONS} == {p.name for p in EXERCISES}
+
+
+def test_grading_every_solution_gives_full_marks_and_every_exercise_zero(tmp_path):
+    """The book's own exercises: solutions score full marks (also under another seed), exercises score 0."""
+    import subprocess
+    import sys
+
+    if not SOLUTIONS:
+        pytest.fail("solutions/ has no notebooks")
+    report = tmp_path / "grades.json"
+    files = [str(p) for p in SOLUTIONS + EXERCISES]
+    proc = subprocess.run([sys.executable, "-m", "attention_np.grade", *files, "--solutions", str(ROOT / "solutions"),
+                           "--jobs", "2", "--seed", "4242", "--json", str(report)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = {Path(s["file"]).parent.name + "/" + s["notebook"]: s for s in json.loads(report.read_text())["submissions"]}
+    assert len(results) == len(files)
+    for name, s in results.items():
+        assert s["status"] == "graded", (name, s["status"])
+        if name.startswith("solutions/"):
+            assert s["total"] == s["max_points"] > 0, (name, s["exercises"])
+        else:
+            assert s["total"] == 0, (name, s["exercises"])
+            assert all("NotImplementedError" in e["reason"] for e in s["exercises"]), (name, s["exercises"])
