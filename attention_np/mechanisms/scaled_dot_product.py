@@ -55,7 +55,8 @@ def scaled_dot_product_attention(q, k, v, mask=None, scale: float | None = None)
     q, k, v, lead = _check_qkv(q, k, v)
     n, m = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)  # python float keeps float32
-    scores = (q @ np.swapaxes(k, -1, -2)) * scale          # (..., n, d_k) @ (..., d_k, m) -> (..., n, m)
+    scores = q @ np.swapaxes(k, -1, -2)                     # (..., n, d_k) @ (..., d_k, m) -> (..., n, m)
+    scores *= scale
     if mask is not None:
         check_mask(mask, lead + (n, m))
     weights = softmax(scores, axis=-1, mask=mask)           # (..., n, m), rows sum to 1 (or 0 if fully masked)
@@ -79,7 +80,8 @@ def scaled_dot_product_attention_backward(dout, q, k, v, weights, scale: float |
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     dv = np.swapaxes(weights, -1, -2) @ dout                # (..., m, n) @ (..., n, d_v) -> (..., m, d_v)
     dweights = dout @ np.swapaxes(v, -1, -2)                # (..., n, d_v) @ (..., d_v, m) -> (..., n, m)
-    dscores = softmax_backward(dweights, weights) * scale   # (..., n, m), includes the 1/sqrt(d_k)
+    dscores = softmax_backward(dweights, weights)           # (..., n, m)
+    dscores *= scale                                        # the 1/sqrt(d_k) of the forward
     dq = dscores @ k                                        # (..., n, m) @ (..., m, d_k) -> (..., n, d_k)
     dk = np.swapaxes(dscores, -1, -2) @ q                   # (..., m, n) @ (..., n, d_k) -> (..., m, d_k)
     return unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape)

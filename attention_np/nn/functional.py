@@ -35,11 +35,13 @@ def softmax(x, axis: int = -1, mask=None) -> np.ndarray:
     x_max = np.max(x, axis=axis, keepdims=True)             # (..., 1)
     if mask is not None:
         x_max = np.where(np.isfinite(x_max), x_max, 0.0)    # fully masked row: avoid inf - inf
-    e = np.exp(x - x_max)                                   # exp(-inf) = 0 for masked entries
+    e = x - x_max                                           # one new (..., m) buffer, reused below
+    np.exp(e, out=e)                                        # exp(-inf) = 0 for masked entries
     total = np.sum(e, axis=axis, keepdims=True)             # >= 1 unless fully masked
     if mask is not None:
         total = np.where(total > 0, total, 1.0)             # fully masked row -> 0 / 1 = 0
-    return e / total
+    e /= total
+    return e
 
 
 def softmax_backward(dy, y, axis: int = -1) -> np.ndarray:
@@ -47,7 +49,9 @@ def softmax_backward(dy, y, axis: int = -1) -> np.ndarray:
 
     ``y`` is the forward's output. Masked entries (``y == 0``) receive zero gradient.
     """
-    return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))
+    dx = dy - np.sum(dy * y, axis=axis, keepdims=True)
+    dx *= y
+    return dx
 
 
 def masked_softmax(x, mask, axis: int = -1) -> np.ndarray:
