@@ -211,3 +211,19 @@ def test_mse():
     a, b = rng.standard_normal((2, 3, 4))
     assert abs(mse(a, b) - np.mean((a - b) ** 2)) < 1e-15
     assert check_function(lambda a: np.array(mse(a, b)), lambda d, a: mse_backward(a, b, float(d)), a) < TOLERANCE
+
+
+class _FrozenDropout(Dropout):
+    """Dropout whose random mask is the same on every forward (re-seeded), so finite differences apply."""
+
+    def forward(self, x):
+        self.rng = np.random.default_rng(123)
+        return super().forward(x)
+
+
+def test_dropout_gradient_check_with_a_frozen_mask():
+    x = np.random.default_rng(9).standard_normal((4, 6))
+    drop = _FrozenDropout(0.3)
+    assert check_module(drop, x) < TOLERANCE
+    y = drop(x)
+    assert np.any(y == 0) and np.any(y != 0)                              # the mask really drops entries
