@@ -4,6 +4,7 @@ import re
 import numpy as np
 
 from attention_np.bench.__main__ import main as bench_main
+from attention_np.bench import efficient
 from attention_np.bench.efficient import METHODS, main, measure
 
 TINY = ["--sizes", "32", "80", "--d", "8", "--block-size", "16", "--repeats", "1"]
@@ -46,3 +47,18 @@ def test_dispatcher_runs_single_threaded_child(capsys):
     out = capsys.readouterr().out
     assert "1 BLAS thread(s)" in out
     assert len([line for line in out.splitlines() if re.match(r"^\s*\d+ \|", line)]) == 2
+
+
+def test_defaults_follow_the_issue(monkeypatch, capsys):
+    # one head, d = 64, float32, n in {1024, 4096, 8192}, non-causal; flash at the benchmark's block 512
+    calls = []
+
+    def fake(n, d, dtype, block_size, repeats, causal):
+        calls.append((n, d, np.dtype(dtype), block_size, causal))
+        return {name: {"seconds": 1.0, "peak_bytes": 1} for name in METHODS}
+
+    monkeypatch.setattr(efficient, "measure", fake)
+    assert main(["--threads", "0"]) == 0
+    assert calls == [(n, 64, np.dtype(np.float32), 512, False) for n in (1024, 4096, 8192)]
+    assert "d = 64, float32" in capsys.readouterr().out
+

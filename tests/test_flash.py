@@ -1,4 +1,5 @@
 """Tests for attention_np.mechanisms.flash: tiled attention equals SDPA, without n x m memory."""
+import inspect
 import tracemalloc
 
 import numpy as np
@@ -102,6 +103,8 @@ def test_flash_never_allocates_n_by_m():
     # causal with the default block size stays far below one n x m array, too
     c_peak, (out, lse) = peak(lambda: flash_attention(q, k, v, causal=True))
     assert c_peak < full_matrix / 4, c_peak
+    cb_peak, _ = peak(lambda: flash_attention_backward(dout, q, k, v, out, lse, causal=True))
+    assert cb_peak < full_matrix / 4, cb_peak
 
 
 def test_flash_causal_skips_blocks_above_the_diagonal():
@@ -117,6 +120,45 @@ def test_flash_causal_skips_blocks_above_the_diagonal():
     out, _ = flash_attention(q, k, v_bad, causal=True, block_size=block)
     np.testing.assert_allclose(out[:8], out_ref[:8], atol=1e-12)
     assert np.all(np.isnan(out[9:]))                 # it is used where it should be
+
+
+def test_flash_backward_skips_blocks_above_the_diagonal():
+    # A NaN query row poisons every block that loads it (0 * NaN = NaN in dK += dS^T Q).
+    # Causal: key blocks after the poisoned query's block must never load that query block.
+    rng = np.random.default_rng(6)
+    n, block = 12, 4
+    q, k, v = rng.standard_normal((n, 3)), rng.standard_normal((n, 3)), rng.standard_normal((n, 2))
+    dout = rng.standard_normal((n, 2))
+    q_bad = q.copy()
+    q_bad[1] = np.nan                                # query block [0, 4)
+    _, w = scaled_dot_product_attention(q, k, v, mask=causal_mask(n))
+    dq_ref, dk_ref, dv_ref = scaled_dot_product_attention_backward(dout, q, k, v, w)
+    out, lse = flash_attention(q_bad, k, v, causal=True, block_size=block)
+    dq, dk, dv = flash_attention_backward(dout, q_bad, k, v, out, lse, causal=True, block_size=block)
+    np.testing.assert_allclose(dk[4:], dk_ref[4:], atol=1e-12)   # keys 4.. only see queries 4..
+    np.testing.assert_allclose(dv[4:], dv_ref[4:], atol=1e-12)
+    np.testing.assert_allclose(dq[4:], dq_ref[4:], atol=1e-12)
+    assert np.all(np.isnan(dk[:2]))                  # it is used where it should be
+
+
+def test_flash_backward_recomputes_p_from_lse():
+    # P = exp(S - LSE) is rebuilt from the lse it is given: lse + log 2 halves every P,
+    # hence dV = P^T dO exactly halves (no hidden normaliser is recomputed).
+    rng = np.random.default_rng(7)
+    q, k, v = rng.standard_normal((2, 9, 4)), rng.standard_normal((2, 11, 4)), rng.standard_normal((2, 11, 3))
+    dout = rng.standard_normal((2, 9, 3))
+    for causal in (False, True):
+        out, lse = flash_attention(q, k, v, causal=causal, block_size=4)
+        dv = flash_attention_backward(dout, q, k, v, out, lse, causal=causal, block_size=4)[2]
+        dv_half = flash_attention_backward(dout, q, k, v, out, lse + np.log(2.0), causal=causal, block_size=4)[2]
+        np.testing.assert_allclose(dv_half, dv / 2, rtol=1e-13, atol=1e-15)
+
+
+def test_flash_default_block_size_is_the_contracts_64():
+    assert DEFAULT_BLOCK_SIZE == 64
+    for fn in (flash_attention, flash_attention_backward):
+        assert inspect.signature(fn).parameters["block_size"].default == 64
+        assert inspect.signature(fn).parameters["causal"].default is False
 
 
 def test_flash_float32_huge_logits_and_default_block():

@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 from attention_np.mechanisms.latent import MultiHeadLatentAttention
-from attention_np.mechanisms.positional import rope
 from attention_np.nn.functional import padding_mask
 from attention_np.train.gradcheck import TOLERANCE, check_module
 
@@ -14,6 +13,15 @@ def small(seed=0, **kw):
     sizes = dict(d_model=6, n_heads=2, d_head=3, d_latent_kv=4, d_latent_q=5, d_rope=4)
     sizes.update(kw)
     return MultiHeadLatentAttention(**sizes, rng=np.random.default_rng(seed))
+
+
+def rope(x, positions=None, base=10000.0):
+    """RoPE (X3) written independently: pair (2i, 2i+1) as one complex number, rotated by p * base^(-2i/d)."""
+    n, d = x.shape[-2], x.shape[-1]
+    positions = np.arange(n) if positions is None else np.asarray(positions)
+    theta = base ** (-2.0 * np.arange(d // 2) / d)                 # (d/2,)
+    z = (x[..., 0::2] + 1j * x[..., 1::2]) * np.exp(1j * positions[:, None] * theta)   # (..., n, d/2)
+    return np.stack([z.real, z.imag], axis=-1).reshape(x.shape)
 
 
 def reference(mla, x):
@@ -86,6 +94,28 @@ def test_absorbed_equals_naive(causal):
                                mla.forward(x, mask=mask, causal=causal), rtol=0, atol=1e-10)
 
 
+def test_absorbed_matrices_reproduce_forward():
+    # M6 weight absorption done by hand with pre-multiplied matrices (row-vector layout):
+    # per head i, q^C . k^C = c^Q (W^UQ_i W^UK_i^T) c^KV^T and o_i W^O_i = (sum_j p_j c^KV_j) (W^UV_i W^O_i).
+    mla = small(8, d_latent_kv=5)
+    x = np.random.default_rng(8).standard_normal((2, 6, 6))
+    P, H, d_h, d_R = mla.params, mla.n_heads, mla.d_head, mla.d_rope
+    out = np.zeros((2, 6, 6))
+    for b in range(2):
+        c_kv, c_q = x[b] @ P["W_DKV"], x[b] @ P["W_DQ"]            # the cache holds c_kv (and k_r)
+        k_r = rope(x[b] @ P["W_KR"])                               # (n, d_R)
+        for i in range(H):
+            cols, rcols = slice(i * d_h, (i + 1) * d_h), slice(i * d_R, (i + 1) * d_R)
+            W_qk = P["W_UQ"][:, cols] @ P["W_UK"][:, cols].T       # (d_c', d_c): W^UK absorbed into W^UQ
+            W_vo = P["W_UV"][:, cols] @ P["W_o"][cols]             # (d_c, d_model): W^UV folded into W^O
+            s = (c_q @ W_qk @ c_kv.T + rope(c_q @ P["W_QR"][:, rcols]) @ k_r.T) / np.sqrt(d_h + d_R)
+            s = np.where(np.tril(np.ones((6, 6), bool)), s, -np.inf)
+            p = np.exp(s - s.max(axis=1, keepdims=True))
+            out[b] += (p / p.sum(axis=1, keepdims=True)) @ c_kv @ W_vo
+    np.testing.assert_allclose(mla.forward(x), out, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(mla.forward_absorbed(x), out, rtol=0, atol=1e-12)
+
+
 def test_incremental_decoding_equals_full_forward():
     mla = small(5)
     x = np.random.default_rng(5).standard_normal((2, 7, 6))
@@ -103,6 +133,10 @@ def test_incremental_decoding_equals_full_forward():
     out2, cache2 = mla.forward_incremental(x[:, 4:], cache)
     np.testing.assert_allclose(np.concatenate([out1, out2], axis=1), full, rtol=0, atol=1e-12)
     assert cache["c_kv"].shape[1] == 4                          # the input cache is not modified
+    # the cache holds exactly c^KV = x W^DKV and k^R = RoPE(x W^KR) at absolute positions 0..6
+    P = mla.params
+    np.testing.assert_allclose(cache2["c_kv"], x @ P["W_DKV"], rtol=0, atol=1e-13)
+    np.testing.assert_allclose(cache2["k_r"], rope(x @ P["W_KR"]), rtol=0, atol=1e-13)
     per_token = cache2["c_kv"].shape[-1] + cache2["k_r"].shape[-1]
     assert per_token == mla.cache_elements_per_token() == 4 + 4
 

@@ -86,6 +86,14 @@ def test_sparsemax_backward_gradcheck_and_formula():
     err = check_function(lambda z: sparsemax(z, axis=0),
                          lambda dp, z: sparsemax_backward(dp, sparsemax(z, axis=0), axis=0), z)
     assert err < TOLERANCE
+    # with a mask: masked entries get exactly zero gradient, a fully masked row none at all
+    mask = rng.random((2, 7)) < 0.7
+    mask[1] = False
+    errors = check_function(lambda z: sparsemax(z, mask=mask),
+                            lambda dp, z: sparsemax_backward(dp, sparsemax(z, mask=mask)), z, details=True)
+    assert max(errors.values()) < TOLERANCE, errors
+    dz = sparsemax_backward(rng.standard_normal(z.shape), sparsemax(z, mask=mask))
+    assert np.all(dz[:, ~mask] == 0.0)
 
 
 def test_sparsemax_backward_jacobian_matches_definition():

@@ -53,9 +53,9 @@ from .scaled_dot_product import _check_qkv
 __all__ = ["flash_attention", "flash_attention_backward", "DEFAULT_BLOCK_SIZE"]
 
 #: Rows per query block and per key block.  The papers' 64 suits GPU SRAM; in
-#: NumPy the interpreter overhead per block dominates unless blocks are large
-#: (see ``python -m attention_np.bench efficient``).  512 x 512 float32 scores
-#: are 1 MiB per buffer, still O(1) in n.
+#: NumPy the interpreter overhead per block dominates unless blocks are large,
+#: so ``python -m attention_np.bench efficient`` passes 512 (512 x 512 float32
+#: scores are 1 MiB per buffer, still O(1) in n).
 DEFAULT_BLOCK_SIZE = 64     # the contract's default (DESIGN.md); the benchmark uses 512, see bench/efficient.py
 
 

@@ -21,7 +21,11 @@ out to keep the mechanism visible.)  Weights are stored ``(d_in, d_out)``.
 **Weight absorption.** ``q^C_i . k^C_{j,i} = (W^{UK}_i q^C_i) . c^{KV}_j``, so
 each head gets a query in latent space ``q~_i = W^{UK}_i q^C_i (d_c)`` and
 scores against the cached latents directly; the output
-``sum_j p_j v^C_{j,i} = (sum_j p_j c^{KV}_j) W^{UV}_i``.  Decoding then caches
+``sum_j p_j v^C_{j,i} = (sum_j p_j c^{KV}_j) W^{UV}_i``.  In the row layout used
+here the content score is ``c^Q_t (W^{UQ}_i W^{UK\top}_i) c^{KV\top}_j`` (one
+``(d_c', d_c)`` matrix per head) and ``W^{UV}_i W^O_i`` is one ``(d_c, d_model)``
+matrix: ``W^{UV}`` folds into ``W^O``.  Like DeepSeek's inference code we reorder
+the products instead of pre-multiplying.  Decoding then caches
 only ``(c^{KV}, k^R)``: ``d_c + d_R`` numbers per token and layer (576 for
 DeepSeek-V2's 512 + 64, versus ``2 H d_h = 32,768`` for MHA with 128 heads of
 128).  RoPE cannot be absorbed (the rotation depends on the position and sits
