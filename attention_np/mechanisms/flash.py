@@ -48,7 +48,7 @@ import numpy as np
 
 from ..nn.functional import unbroadcast
 from ..nn.validate import as_float_array, shape_error
-from .scaled_dot_product import _check_qkv
+from .scaled_dot_product import check_qkv
 
 __all__ = ["flash_attention", "flash_attention_backward", "DEFAULT_BLOCK_SIZE"]
 
@@ -60,7 +60,7 @@ DEFAULT_BLOCK_SIZE = 64     # the contract's default (DESIGN.md); the benchmark 
 
 
 def _setup(q, k, v, causal, block_size):
-    q, k, v, lead = _check_qkv(q, k, v)
+    q, k, v, lead = check_qkv(q, k, v)
     n, m = q.shape[-2], k.shape[-2]
     if isinstance(block_size, bool) or int(block_size) != block_size or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")

@@ -56,7 +56,7 @@ from ..nn.functional import elu_plus_one, elu_plus_one_backward, unbroadcast
 from ..nn.module import Module, default_rng, xavier_uniform
 from ..nn.validate import as_float_array, check_last_dim, shape_error
 from .scaled_dot_product import (
-    _check_qkv, scaled_dot_product_attention, scaled_dot_product_attention_backward,
+    check_qkv, scaled_dot_product_attention, scaled_dot_product_attention_backward,
 )
 
 __all__ = ["linear_attention", "linear_attention_backward", "LinformerAttention"]
@@ -64,7 +64,7 @@ __all__ = ["linear_attention", "linear_attention_backward", "LinformerAttention"
 
 # ---------------------------------------------------------------- linear attention
 def _check(q, k, v, causal):
-    q, k, v, lead = _check_qkv(q, k, v)
+    q, k, v, lead = check_qkv(q, k, v)
     n, m = q.shape[-2], k.shape[-2]
     if causal and m < n:
         raise ValueError(

@@ -27,7 +27,8 @@ from ..nn.functional import softmax, softmax_backward, unbroadcast
 from ..nn.validate import as_float_array, check_mask, shape_error
 
 
-def _check_qkv(q, k, v):
+def check_qkv(q, k, v):
+    """Validate ``q (..., n, d_k)``, ``k (..., m, d_k)``, ``v (..., m, d_v)``; return them as floats and the broadcast leading shape."""
     q, k, v = as_float_array(q, "q"), as_float_array(k, "k"), as_float_array(v, "v")
     if q.ndim < 2:
         raise shape_error("q", "(..., n, d_k)", q)
@@ -46,31 +47,28 @@ def _check_qkv(q, k, v):
     return q, k, v, lead
 
 
-def scaled_dot_product_attention(q, k, v, mask=None, scale: float | None = None):
-    """Return ``(out (..., n, d_v), weights (..., n, m))``.
+def dot_product_attention(q, k, v, mask=None, scale: float | None = None, normalize=softmax):
+    """The skeleton shared by every dot-product attention: scores, a row normaliser, a weighted sum.
 
-    ``scale`` defaults to ``1/sqrt(d_k)``; pass ``scale=1.0`` for unscaled
-    dot-product attention (Luong's "dot" score).
+    ``normalize(scores, axis=-1, mask=mask)`` turns scores into weights: softmax
+    here, sparsemax in sparse.py.  Returns ``(out (..., n, d_v), weights (..., n, m))``.
     """
-    q, k, v, lead = _check_qkv(q, k, v)
+    q, k, v, lead = check_qkv(q, k, v)
     n, m = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)  # python float keeps float32
     scores = q @ np.swapaxes(k, -1, -2)                     # (..., n, d_k) @ (..., d_k, m) -> (..., n, m)
     scores *= scale
     if mask is not None:
         check_mask(mask, lead + (n, m))
-    weights = softmax(scores, axis=-1, mask=mask)           # (..., n, m), rows sum to 1 (or 0 if fully masked)
+    weights = normalize(scores, axis=-1, mask=mask)         # (..., n, m), rows sum to 1 (or 0 if fully masked)
     out = weights @ v                                       # (..., n, m) @ (..., m, d_v) -> (..., n, d_v)
     return out, weights
 
 
-def scaled_dot_product_attention_backward(dout, q, k, v, weights, scale: float | None = None):
-    """Return ``(dq, dk, dv)`` with the shapes of ``q, k, v``.
-
-    ``weights`` is the second output of the forward; masked entries are 0 there,
-    so they receive no gradient.  Broadcast leading axes are summed back.
-    """
-    q, k, v, lead = _check_qkv(q, k, v)
+def dot_product_attention_backward(dout, q, k, v, weights, scale: float | None = None,
+                                   normalize_backward=softmax_backward):
+    """Backward of :func:`dot_product_attention`; ``normalize_backward(dweights, weights)`` -> dscores."""
+    q, k, v, lead = check_qkv(q, k, v)
     n, m, d_v = q.shape[-2], k.shape[-2], v.shape[-1]
     dout = as_float_array(dout, "dout")
     if dout.shape != lead + (n, d_v):
@@ -80,8 +78,27 @@ def scaled_dot_product_attention_backward(dout, q, k, v, weights, scale: float |
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     dv = np.swapaxes(weights, -1, -2) @ dout                # (..., m, n) @ (..., n, d_v) -> (..., m, d_v)
     dweights = dout @ np.swapaxes(v, -1, -2)                # (..., n, d_v) @ (..., d_v, m) -> (..., n, m)
-    dscores = softmax_backward(dweights, weights)           # (..., n, m)
+    dscores = normalize_backward(dweights, weights)         # (..., n, m); softmax: P * (dP - rowsum(dP * P))
     dscores *= scale                                        # the 1/sqrt(d_k) of the forward
     dq = dscores @ k                                        # (..., n, m) @ (..., m, d_k) -> (..., n, d_k)
     dk = np.swapaxes(dscores, -1, -2) @ q                   # (..., m, n) @ (..., n, d_k) -> (..., m, d_k)
     return unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape)
+
+
+def scaled_dot_product_attention(q, k, v, mask=None, scale: float | None = None):
+    """Return ``(out (..., n, d_v), weights (..., n, m))``.
+
+    ``scale`` defaults to ``1/sqrt(d_k)``; pass ``scale=1.0`` for unscaled
+    dot-product attention (Luong's "dot" score).
+    """
+    return dot_product_attention(q, k, v, mask=mask, scale=scale, normalize=softmax)
+
+
+def scaled_dot_product_attention_backward(dout, q, k, v, weights, scale: float | None = None):
+    """Return ``(dq, dk, dv)`` with the shapes of ``q, k, v``.
+
+    ``weights`` is the second output of the forward; masked entries are 0 there,
+    so they receive no gradient.  Broadcast leading axes are summed back.
+    """
+    return dot_product_attention_backward(dout, q, k, v, weights, scale=scale,
+                                          normalize_backward=softmax_backward)

@@ -37,13 +37,11 @@ sparsemax in place of softmax: ``q (..., n, d_k)``, ``k (..., m, d_k)``,
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
-from ..nn.functional import unbroadcast
 from ..nn.validate import as_float_array, check_mask, shape_error
-from .scaled_dot_product import _check_qkv
+from .scaled_dot_product import dot_product_attention, dot_product_attention_backward
 
 __all__ = [
     "sparsemax", "sparsemax_backward", "sparsemax_threshold",
@@ -226,32 +224,14 @@ def sparsemax_attention(q, k, v, mask=None, scale: float | None = None):
     """Return ``(out (..., n, d_v), weights (..., n, m))`` with sparsemax weights.
 
     ``weights = sparsemax(q k^T * scale)`` row by row (``scale`` defaults to
-    ``1/sqrt(d_k)``), masked entries exactly 0, fully masked rows all 0.
+    ``1/sqrt(d_k)``), masked entries exactly 0, fully masked rows all 0.  Only
+    the normaliser differs from scaled dot-product attention, so both share
+    :func:`~attention_np.mechanisms.scaled_dot_product.dot_product_attention`.
     """
-    q, k, v, lead = _check_qkv(q, k, v)
-    n, m = q.shape[-2], k.shape[-2]
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)   # python float keeps float32
-    scores = (q @ np.swapaxes(k, -1, -2)) * scale                                # (..., n, m)
-    if mask is not None:
-        mask = check_mask(mask, lead + (n, m))
-    weights = sparsemax(scores, axis=-1, mask=mask)                              # (..., n, m), many exact zeros
-    out = weights @ v                                                            # (..., n, m) @ (..., m, d_v)
-    return out, weights
+    return dot_product_attention(q, k, v, mask=mask, scale=scale, normalize=sparsemax)
 
 
 def sparsemax_attention_backward(dout, q, k, v, weights, scale: float | None = None):
-    """Return ``(dq, dk, dv)``; ``weights`` is the forward's second output."""
-    q, k, v, lead = _check_qkv(q, k, v)
-    n, m, d_v = q.shape[-2], k.shape[-2], v.shape[-1]
-    dout = as_float_array(dout, "dout")
-    if dout.shape != lead + (n, d_v):
-        raise shape_error("dout", str(lead + (n, d_v)), dout)
-    if np.shape(weights) != lead + (n, m):
-        raise shape_error("weights", str(lead + (n, m)), weights)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    dv = np.swapaxes(weights, -1, -2) @ dout                                     # (..., m, d_v)
-    dweights = dout @ np.swapaxes(v, -1, -2)                                     # (..., n, m)
-    dscores = sparsemax_backward(dweights, weights) * scale                      # (..., n, m), zero off-support
-    dq = dscores @ k                                                             # (..., n, d_k)
-    dk = np.swapaxes(dscores, -1, -2) @ q                                        # (..., m, d_k)
-    return unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape)
+    """Return ``(dq, dk, dv)``; ``weights`` is the forward's second output (zero off the support)."""
+    return dot_product_attention_backward(dout, q, k, v, weights, scale=scale,
+                                          normalize_backward=sparsemax_backward)
