@@ -141,3 +141,13 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(data):
         att(h, src, mask=np.ones((B, S)))
     with pytest.raises(ValueError, match=r"score must be one of"):
         GlobalAttention(D, score="location")
+
+
+@pytest.mark.parametrize("bad", [(B, D + 1), (1, D), (D,)])
+def test_bad_upstream_gradient_raises_instead_of_broadcasting(bad, data):
+    """A (1, d) gradient would silently broadcast over the batch; it must be refused."""
+    rng, h, src = data
+    att = GlobalAttention(D, score="general", rng=rng)
+    att(h, src)
+    with pytest.raises(ValueError, match=r"^dh_tilde must have shape \(B=3, d=4\)"):
+        att.backward(np.ones(bad))

@@ -128,6 +128,86 @@ def test_bandit_exact_gradient_matches_the_verified_numbers():
                                -3.0 * (np.array([0.0, 1.0, 0.0]) - alpha), rtol=1e-12)
 
 
+def test_reinforce_expectation_by_enumeration_is_exactly_the_verified_gradient():
+    """No sampling: E_{s~alpha}[-r_s (onehot(s) - alpha)] = -alpha (r - E[r]), the [v] numbers of M2 (e)."""
+    alpha = np.exp(BANDIT_LOGITS) / np.exp(BANDIT_LOGITS).sum()
+    expectation = sum(alpha[s] * reinforce_logit_gradient(alpha, np.array(s), BANDIT_REWARDS[s])
+                      for s in range(3))                                        # the loop is the expectation
+    np.testing.assert_allclose(-expectation, BANDIT_GRADIENT, atol=5e-5)
+    # any baseline that does not depend on the sample leaves the expectation unchanged
+    with_baseline = sum(alpha[s] * reinforce_logit_gradient(alpha, np.array(s), BANDIT_REWARDS[s] - 1.7)
+                        for s in range(3))
+    np.testing.assert_allclose(with_baseline, expectation, atol=1e-15)
+    # batched call: one row per outcome, advantages r_s
+    rows = reinforce_logit_gradient(np.tile(alpha, (3, 1)), np.arange(3), BANDIT_REWARDS)
+    np.testing.assert_allclose(alpha @ rows, expectation, atol=1e-15)
+
+
+def test_module_score_function_expectation_is_exactly_the_expected_reward_gradient():
+    """Through the scoring network, without Monte Carlo: weighting the backward of every possible
+    sample s by alpha_s (advantage r_s - b, dcontext = 0) gives exactly -grad E_{s~alpha}[r_s]
+    for every parameter, the state and the features (finite differences of the exact expectation)."""
+    rng = np.random.default_rng(3)
+    features, state = rng.standard_normal((1, 3, 2)), rng.standard_normal((1, 2))
+    module = HardAttention(2, 2, 3, rng=np.random.default_rng(4))
+    module.params["b"][:] = rng.standard_normal(3)
+
+    def expected_reward():
+        module.forward(features, state, None, sample=np.array([0]))
+        return float(module.weights[0] @ BANDIT_REWARDS)
+
+    exact = {name: numerical_gradient(expected_reward, p) for name, p, _ in module.parameters()}
+    exact["state"] = numerical_gradient(expected_reward, state)
+    exact["features"] = numerical_gradient(expected_reward, features)
+    module.forward(features, state, None, sample=np.array([0]))
+    alpha = module.weights[0].copy()
+    total = {name: 0.0 for name in exact}
+    for s in range(3):                                                          # the loop is the expectation
+        module.zero_grad()
+        module.forward(features, state, None, sample=np.array([s]))
+        dfeatures, dstate = module.backward(np.zeros((1, 2)), advantage=BANDIT_REWARDS[s] - 0.8)
+        grads = {name: g for name, _, g in module.parameters()}
+        grads.update(state=dstate, features=dfeatures)
+        for name in total:
+            total[name] = total[name] + alpha[s] * grads[name]
+    for name in exact:                                                          # minimisation: -grad E[r]
+        assert relative_error(total[name], -exact[name]) < TOLERANCE, name
+        assert np.abs(exact[name]).max() > 1e-3, name                           # a real, non-trivial gradient
+
+
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_entropy_bonus_is_the_gradient_of_minus_lambda_entropy(use_mask):
+    """backward(dcontext, A, entropy=lam) is the exact gradient of
+    sum G . context - sum A log alpha_s - lam sum H(alpha) (sample frozen)."""
+    features, state, mask = _inputs(2)
+    module = _module(3)
+    kwargs = {"mask": mask} if use_mask else {}
+    module.forward(features, state, np.random.default_rng(8), **kwargs)
+    sample = module.sample.copy()
+    advantage, lam = np.array([0.4, -0.9, 1.1]), 0.6
+    G = np.random.default_rng(9).standard_normal((B, D))
+
+    def surrogate():
+        context = module.forward(features, state, None, sample=sample, **kwargs)
+        w = module.weights
+        entropy = -np.sum(np.where(w > 0, w * np.log(np.where(w > 0, w, 1.0)), 0.0))
+        return float(np.sum(G * context) - np.sum(advantage * np.log(w[np.arange(B), sample])) - lam * entropy)
+
+    module.zero_grad()
+    module.forward(features, state, None, sample=sample, **kwargs)
+    dfeatures, dstate = module.backward(G, advantage=advantage, entropy=lam)
+    analytic = {name: g.copy() for name, _, g in module.parameters()}
+    assert relative_error(dfeatures, numerical_gradient(surrogate, features)) < TOLERANCE
+    assert relative_error(dstate, numerical_gradient(surrogate, state)) < TOLERANCE
+    for name, p, _ in module.parameters():
+        assert relative_error(analytic[name], numerical_gradient(surrogate, p)) < TOLERANCE, name
+    # and the bonus really changes the gradient (the check above would see a sign error)
+    module.zero_grad()
+    module.forward(features, state, None, sample=sample, **kwargs)
+    module.backward(G, advantage=advantage)
+    assert np.abs(module.grads["w"] - analytic["w"]).max() > 1e-3
+
+
 def test_reinforce_monte_carlo_average_matches_the_exact_gradient():
     rng = np.random.default_rng(0)
     n = 200_000

@@ -156,3 +156,34 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(data):
         han(DOCS, WORD_MASK[:, :2])
     with pytest.raises(ValueError, match=r"^encoder must be one of"):
         HierarchicalAttention(VOCAB, 3, 2, N_CLASSES, encoder="cnn")
+
+
+def test_bad_upstream_gradients_raise_instead_of_broadcasting(data):
+    rng, H = data
+    pool = AttentionPooling(D_IN, D_ATT, rng=rng)
+    pool(H, MASK)
+    with pytest.raises(ValueError, match=r"^dpooled must have shape \(B=3, d_in=4\)"):
+        pool.backward(np.ones((1, D_IN)))
+    han = HierarchicalAttention(VOCAB, 3, 2, N_CLASSES, rng=rng)
+    han(DOCS, WORD_MASK)
+    with pytest.raises(ValueError, match=r"^dlogits must have shape \(B=2, n_classes=3\)"):
+        han.backward(np.ones((1, N_CLASSES)))
+    with pytest.raises(ValueError, match=r"^dlogits must have shape"):
+        han.backward(np.ones((2, N_CLASSES + 1)))
+
+
+def test_han_weights_attribute_is_the_last_attention_applied():
+    """Contract: the last attention weights stay readable as .weights (here: the sentence level)."""
+    han = HierarchicalAttention(VOCAB, 3, 2, N_CLASSES, encoder="none", rng=np.random.default_rng(10))
+    han(DOCS, WORD_MASK)
+    assert han.weights.shape == (2, 3)
+    np.testing.assert_array_equal(han.weights, han.sentence_weights)
+    # HAN-lite (no encoders): sentence vectors are word-attention pools of the embeddings, so the
+    # sentence weights can be recomputed from the word weights independently
+    E = han.embedding.params["W"]
+    sentences = np.einsum("blt,bltd->bld", han.word_weights, E[DOCS])
+    p = han.sentence_attention.params
+    e = np.tanh(sentences @ p["W"] + p["b"]) @ p["u"]
+    has_word = WORD_MASK.any(axis=-1)
+    expected = np.where(has_word, np.exp(e), 0.0)
+    np.testing.assert_allclose(han.weights, expected / expected.sum(axis=-1, keepdims=True), atol=1e-12)

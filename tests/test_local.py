@@ -191,3 +191,12 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(data):
         LocalAttention(D, window=0)
     with pytest.raises(ValueError, match=r"^mode"):
         LocalAttention(D, window=2, mode="local-q")
+
+
+@pytest.mark.parametrize("bad", [(B, D + 1), (1, D)])
+def test_bad_upstream_gradient_raises_instead_of_broadcasting(bad, data):
+    rng, h, src = data
+    att = LocalAttention(D, window=2, rng=rng)
+    att(h, src)
+    with pytest.raises(ValueError, match=r"^dh_tilde must have shape \(B=3, d=4\)"):
+        att.backward(np.ones(bad))

@@ -224,3 +224,13 @@ def test_memn2n_learns_a_one_supporting_fact_task():
     assert cross_entropy(logits, answer) < 0.2
     assert accuracy >= 0.95, accuracy
     assert on_support >= 0.9, on_support
+
+
+def test_weights_attribute_is_the_last_hop():
+    """Contract: the last attention weights stay readable as .weights (the last hop's p^K)."""
+    story, query, mask = _data()
+    net = MemoryNetwork(V, D, 3, N, J, rng=np.random.default_rng(1))
+    net.forward(story, query, mask=mask)
+    assert len(net.hop_weights) == 3 and net.weights.shape == story.shape[:2]
+    np.testing.assert_array_equal(net.weights, net.hop_weights[-1])
+    assert not np.allclose(net.hop_weights[0], net.hop_weights[-1])    # the hops really differ

@@ -249,3 +249,22 @@ def test_bad_shapes_raise_value_errors_naming_the_argument(data):
         GRUCell(D_IN, H, rng=rng)(x[:, 0], np.zeros((B + 1, H)))
     with pytest.raises(ValueError, match=r"^x must have shape \(B, d_in=2\)"):
         LSTMCell(D_IN, H, rng=rng)(x)
+
+
+def test_bad_upstream_gradients_raise_value_errors(data):
+    """A (1, H) gradient would silently broadcast over the batch in the cells; it must be refused."""
+    rng, x = data
+    gru_cell = GRUCell(D_IN, H, rng=rng)
+    gru_cell(x[:, 0])
+    with pytest.raises(ValueError, match=r"^dh_new must have shape \(B=2, d_hidden=3\)"):
+        gru_cell.backward(np.ones((1, H)))
+    lstm_cell = LSTMCell(D_IN, H, rng=rng)
+    lstm_cell(x[:, 0], np.zeros((B, H)), np.zeros((B, H)))
+    with pytest.raises(ValueError, match=r"^dh_new must have shape"):
+        lstm_cell.backward(np.ones((B, H + 1)))
+    with pytest.raises(ValueError, match=r"^dc must have shape \(B=2, d_hidden=3\)"):
+        lstm_cell.backward(np.ones((B, H)), dc=np.ones((1, H)))
+    gru = GRU(D_IN, H, rng=rng)
+    gru(x)
+    with pytest.raises(ValueError, match=r"^dstates must have shape"):
+        gru.backward(np.ones((1, T, H)))

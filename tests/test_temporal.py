@@ -113,3 +113,12 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(data):
         att(frames, h[:2])
     with pytest.raises(ValueError, match=r"^mask must"):
         att(frames, h, mask=MASK[:, :3])
+
+
+@pytest.mark.parametrize("bad", [(B, D_FRAME + 1), (1, D_FRAME)])
+def test_bad_upstream_gradient_raises_instead_of_broadcasting(bad, data):
+    rng, frames, h = data
+    att = TemporalAttention(D_FRAME, D_STATE, D_HID, rng=rng)
+    att(frames, h)
+    with pytest.raises(ValueError, match=r"^dphi must have shape \(B=3, d_frame=4\)"):
+        att.backward(np.ones(bad))

@@ -148,6 +148,9 @@ class GlobalAttention(Module):
 
     def backward(self, dh_tilde):
         h_t, source, score_cache, weights, context, h_tilde = self.cache
+        dh_tilde = as_float_array(dh_tilde, "dh_tilde")
+        if dh_tilde.shape != h_tilde.shape:
+            raise shape_error("dh_tilde", f"(B={h_tilde.shape[0]}, d={self.d})", dh_tilde)
         p = self.params
         dcontext, dh, dW_c = attentional_hidden_backward(dh_tilde, h_tilde, context, h_t, p["W_c"])
         self.grads["W_c"] += dW_c

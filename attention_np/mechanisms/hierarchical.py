@@ -96,6 +96,9 @@ class AttentionPooling(Module):
 
     def backward(self, dpooled):
         H, weights, U = self.cache
+        dpooled = as_float_array(dpooled, "dpooled")
+        if dpooled.shape != (H.shape[0], self.d_in):
+            raise shape_error("dpooled", f"(B={H.shape[0]}, d_in={self.d_in})", dpooled)
         dH, grads = context_pooling_backward(dpooled, H, weights, U, self.params["W"], self.params["u"])
         for name, g in grads.items():
             self.grads[name] += g
@@ -112,7 +115,8 @@ class HierarchicalAttention(Module):
     ``d_att`` (default: the width of the pooled vectors) sizes both attention layers.
 
     ``forward(docs (B, L, T) int, word_mask=None (B, L, T) bool) -> logits (B, n_classes)``;
-    ``.word_weights (B, L, T)``, ``.sentence_weights (B, L)``, ``.sentence_mask (B, L)``.
+    ``.word_weights (B, L, T)``, ``.sentence_weights (B, L)``, ``.sentence_mask (B, L)``;
+    ``.weights`` is the last attention applied, the sentence weights.
     ``backward(dlogits)`` fills the gradients of every parameter and returns
     ``None`` (token ids have no gradient).
     """
@@ -137,7 +141,7 @@ class HierarchicalAttention(Module):
         self.word_attention = AttentionPooling(d_word, int(d_att or d_word), rng=rng)      # W_w, b_w, u_w
         self.sentence_attention = AttentionPooling(d_sent, int(d_att or d_sent), rng=rng)  # W_s, b_s, u_s
         self.classifier = Linear(d_sent, n_classes, rng=rng)                              # W_c, b_c
-        self.word_weights = self.sentence_weights = self.sentence_mask = None
+        self.word_weights = self.sentence_weights = self.sentence_mask = self.weights = None
 
     def forward(self, docs, word_mask=None) -> np.ndarray:
         docs = check_int_array(docs, "docs", high=self.embedding.vocab_size, expected="(B, L, T) of token ids")
@@ -161,13 +165,17 @@ class HierarchicalAttention(Module):
         logits = self.classifier(document)                                 # (B, n_classes)
 
         self.word_weights = self.word_attention.weights.reshape(B, L, T)
-        self.sentence_weights = self.sentence_attention.weights
+        self.sentence_weights = self.weights = self.sentence_attention.weights
         self.sentence_mask = sentence_mask
         self.cache = (B, L, T)
         return logits
 
     def backward(self, dlogits) -> None:
         B, L, T = self.cache
+        dlogits = as_float_array(dlogits, "dlogits")
+        n_classes = self.classifier.d_out
+        if dlogits.shape != (B, n_classes):
+            raise shape_error("dlogits", f"(B={B}, n_classes={n_classes})", dlogits)
         ddocument = self.classifier.backward(dlogits)                      # (B, d_sent)
         dh = self.sentence_attention.backward(ddocument)                   # (B, L, d_sent)
         dsentences = dh if self.sentence_encoder is None else self.sentence_encoder.backward(dh)

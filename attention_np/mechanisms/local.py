@@ -139,6 +139,9 @@ class LocalAttention(Module):
     def backward(self, dh_tilde):
         (h_t, source, lengths, p_t, pos_cache, score_cache, weights, align, gauss,
          context, h_tilde) = self.cache
+        dh_tilde = as_float_array(dh_tilde, "dh_tilde")
+        if dh_tilde.shape != h_tilde.shape:
+            raise shape_error("dh_tilde", f"(B={h_tilde.shape[0]}, d={self.d})", dh_tilde)
         p = self.params
         dcontext, dh, dW_c = attentional_hidden_backward(dh_tilde, h_tilde, context, h_t, p["W_c"])
         self.grads["W_c"] += dW_c

@@ -65,7 +65,8 @@ class MemoryNetwork(Module):
     ``MemoryNetwork(vocab_size, d_embed, n_hops, n_memories, sentence_len,
     tying="adjacent")``.  ``roles`` maps each role (``"B"``, ``"A"`` and ``"C"``
     per hop, ``"W"``, ``"T_A"``, ``"T_C"``) to the name of the parameter that
-    plays it.  After ``forward``: ``.hop_weights``, a list of ``(B, N)`` arrays.
+    plays it.  After ``forward``: ``.hop_weights``, a list of ``(B, N)`` arrays, one
+    per hop; ``.weights`` is the last of them.
     """
 
     def __init__(self, vocab_size: int, d_embed: int, n_hops: int, n_memories: int, sentence_len: int,
@@ -104,6 +105,7 @@ class MemoryNetwork(Module):
             self.roles = {"B": "B", "W": "W", "A": ["A"] * K, "C": ["C"] * K, "T_A": ["T_A"] * K, "T_C": ["T_C"] * K}
         self.l = position_encoding(self.J, d)               # (J, d)
         self.hop_weights: list[np.ndarray] = []
+        self.weights = None
 
     # -- sentence embedding: sum_j l_j * E[x_j] (nil words embed to zero) ---------------
     def _keep(self, ids):
@@ -145,6 +147,7 @@ class MemoryNetwork(Module):
             hops.append((u, m, c, p))
             u = (u @ self.params["H"] if self.tying == "layerwise" else u) + o   # (B, d) u^{k+1}
             self.hop_weights.append(p)
+        self.weights = self.hop_weights[-1]                                  # (B, N) the last hop's
         self.cache = (story, query, keep_s, keep_q, hops, u)
         return u @ self.params[r["W"]].T                                     # (B, d) @ (d, V) -> (B, V)
 

@@ -94,6 +94,9 @@ class TemporalAttention(Module):
 
     def backward(self, dphi):
         frames, h_prev, weights, T = self.cache
+        dphi = as_float_array(dphi, "dphi")
+        if dphi.shape != (frames.shape[0], self.d_frame):
+            raise shape_error("dphi", f"(B={frames.shape[0]}, d_frame={self.d_frame})", dphi)
         p = self.params
         dframes, dh_prev, grads = temporal_attention_backward(dphi, frames, h_prev, weights, T,
                                                               p["W_a"], p["U_a"], p["w"])

@@ -121,6 +121,14 @@ def _check_step_inputs(x, states, d_in, H):
     return x, out
 
 
+def _check_upstream(d, name, like):
+    """Validate an upstream gradient that must have the shape of the state ``like (B, H)``."""
+    d = as_float_array(d, name)
+    if d.shape != like.shape:
+        raise shape_error(name, f"(B={like.shape[0]}, d_hidden={like.shape[1]})", d)
+    return d
+
+
 def _accumulate(grads, step_grads):
     for key, g in step_grads.items():
         grads[key] += g
@@ -150,6 +158,7 @@ class GRUCell(Module):
 
     def backward(self, dh_new):
         cache, has_h = self.cache
+        dh_new = _check_upstream(dh_new, "dh_new", cache[1])
         dx, dh, g = gru_cell_backward(dh_new, cache, self.params["W"], self.params["U"])
         _accumulate(self.grads, g)
         return (dx, dh) if has_h else dx
@@ -184,7 +193,8 @@ class LSTMCell(Module):
 
     def backward(self, dh_new, dc=None):
         cache, has_h, has_c = self.cache
-        dc_new = np.zeros_like(dh_new) if dc is None else dc
+        dh_new = _check_upstream(dh_new, "dh_new", cache[1])
+        dc_new = np.zeros_like(dh_new) if dc is None else _check_upstream(dc, "dc", cache[2])
         dx, dh, dc_prev, g = lstm_cell_backward(dh_new, dc_new, cache, self.params["W"], self.params["U"])
         _accumulate(self.grads, g)
         out = (dx,) + ((dh,) if has_h else ()) + ((dc_prev,) if has_c else ())
