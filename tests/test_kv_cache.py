@@ -45,6 +45,9 @@ def test_token_by_token_from_the_first_token():
     assert np.max(np.abs(np.concatenate([a, b], axis=1) - full)) < 1e-12
     assert mha.weights.shape == (1, 2, 4, 6)
     assert np.all(mha.weights[0, :, 0, 3:] == 0.0)               # query at position 2 sees keys 0..2
+    # new query i sits at absolute position i + (m - s) = i + 2 and sees exactly the keys j <= i + 2
+    allowed = np.array([[j <= i + 2 for j in range(6)] for i in range(4)])
+    np.testing.assert_array_equal(mha.weights[0] > 0.0, np.broadcast_to(allowed, (2, 4, 6)))
 
 
 def test_rope_without_the_absolute_offset_is_wrong():

@@ -13,8 +13,17 @@ from attention_np.nn.functional import causal_mask, padding_mask
 from attention_np.train.gradcheck import TOLERANCE, check_function, check_module
 
 
-def _reference(mha, x, context=None, mask=None):
-    """Head-by-head loop straight from the equations, g(h) = h // (H / H_kv)."""
+def _rotate_complex(x, positions, base=10000.0):
+    """Interleaved RoPE of ``x (..., n, d)`` as (x_2i + i x_2i+1) * exp(i p theta_i), theta_i = base^(-2i/d)."""
+    d = x.shape[-1]
+    z = (x[..., 0::2] + 1j * x[..., 1::2]) * np.exp(1j * np.outer(positions, base ** (-np.arange(0, d, 2) / d)))
+    out = np.empty_like(x)
+    out[..., 0::2], out[..., 1::2] = z.real, z.imag
+    return out
+
+
+def _reference(mha, x, context=None, mask=None, positions=None, kv_positions=None):
+    """Head-by-head loop straight from the equations, g(h) = h // (H / H_kv); RoPE on q and k only."""
     p = mha.params
     src = x if context is None else context
     H, Hkv, d = mha.n_heads, mha.n_kv_heads, mha.d_head
@@ -25,6 +34,8 @@ def _reference(mha, x, context=None, mask=None):
     for h in range(H):
         g = h // (H // Hkv)
         q, k, v = Q[..., h * d:(h + 1) * d], K[..., g * d:(g + 1) * d], V[..., g * d:(g + 1) * d]
+        if positions is not None:                            # rotate this head's query and key, never v
+            q, k = _rotate_complex(q, positions), _rotate_complex(k, kv_positions)
         s = q @ np.swapaxes(k, -1, -2) / math.sqrt(d)
         if mask is not None:
             s = np.where(mask, s, -np.inf)
@@ -46,6 +57,14 @@ def test_split_and_merge_heads():
     np.testing.assert_array_equal(merge_heads_backward(x, 3), h)
     with pytest.raises(ValueError, match="x must have shape"):
         split_heads(np.zeros((2, 5, 10)), 3)
+
+
+def test_split_and_merge_heads_gradients():
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 3, 12))
+    assert check_function(lambda a: split_heads(a, 4), lambda g, a: split_heads_backward(g), x) < TOLERANCE
+    h = rng.standard_normal((2, 4, 3, 3))
+    assert check_function(merge_heads, lambda g, a: merge_heads_backward(g, 4), h) < TOLERANCE
 
 
 def test_repeat_kv_and_group_sum_backward():
@@ -98,6 +117,20 @@ def test_single_head_equals_self_attention_plus_output_projection():
     np.testing.assert_allclose(mha(x), sa(x) @ mha.params["W_o"], atol=1e-14)
 
 
+@pytest.mark.parametrize("n_kv_heads", [6, 3, 1])
+def test_parameter_shapes_follow_the_contract(n_kv_heads):
+    # DESIGN.md: W_q (d_model, H d_head), W_k, W_v (d_model, H_kv d_head), W_o (H d_head, d_model), biases
+    mha = MultiHeadAttention(12, 6, n_kv_heads, rng=np.random.default_rng(0))
+    d_head = 2
+    expected = {"W_q": (12, 6 * d_head), "W_k": (12, n_kv_heads * d_head), "W_v": (12, n_kv_heads * d_head),
+                "W_o": (6 * d_head, 12), "b_q": (6 * d_head,), "b_k": (n_kv_heads * d_head,),
+                "b_v": (n_kv_heads * d_head,), "b_o": (12,)}
+    assert {name: p.shape for name, p in mha.params.items()} == expected
+    assert {name: g.shape for name, g in mha.grads.items()} == expected
+    assert set(MultiHeadAttention(12, 6, n_kv_heads, bias=False, rng=np.random.default_rng(0)).params) == {
+        "W_q", "W_k", "W_v", "W_o"}
+
+
 def test_projection_parameter_counts():
     counts = {h_kv: MultiHeadAttention(512, 8, h_kv, bias=False, rng=np.random.default_rng(0)).num_parameters()
               for h_kv in (8, 2, 1)}
@@ -142,6 +175,38 @@ def test_rope_gradient_at_absolute_positions(n_kv_heads):
     errors = check_module(mha, x, causal=True, positions=np.array([4, 5, 6]),
                           kv_positions=np.array([4, 5, 6]), details=True)
     assert max(errors.values()) < TOLERANCE, errors
+
+
+@pytest.mark.parametrize("n_kv_heads", [2, 1])
+def test_rope_gradient_with_distinct_query_and_key_positions(n_kv_heads):
+    # keys and queries at different absolute positions: each must be un-rotated at its own positions
+    rng = np.random.default_rng(11)
+    mha = MultiHeadAttention(8, 2, n_kv_heads, rng=rng, rope=True)
+    x = rng.standard_normal((2, 3, 8))
+    errors = check_module(mha, x, positions=np.array([6, 7, 8]), kv_positions=np.array([0, 2, 5]), details=True)
+    assert max(errors.values()) < TOLERANCE, errors
+    context = rng.standard_normal((2, 5, 8))                 # cross-attention with RoPE, n = 3 != m = 5
+    errors = check_module(mha, x, context, positions=np.array([4, 5, 6]), kv_positions=np.arange(5),
+                          mask=padding_mask(np.array([5, 3]), 5), details=True)
+    assert set(errors) >= {"input0", "input1", "W_k", "b_k"}
+    assert max(errors.values()) < TOLERANCE, errors
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_rope_forward_matches_head_loop(n_kv_heads):
+    rng = np.random.default_rng(12)
+    mha = MultiHeadAttention(16, 4, n_kv_heads, rng=rng, rope=True)
+    for name in ("b_q", "b_k", "b_v", "b_o"):
+        mha.params[name][...] = rng.standard_normal(mha.params[name].shape)
+    x = rng.standard_normal((2, 5, 16))
+    pos, kv_pos = np.array([3, 4, 5, 6, 7]), np.array([0, 1, 2, 9, 4])
+    mask = causal_mask(5)
+    np.testing.assert_allclose(mha(x, mask=mask, positions=pos, kv_positions=kv_pos),
+                               _reference(mha, x, mask=mask, positions=pos, kv_positions=kv_pos), atol=1e-13)
+    # only relative positions matter and v is never rotated, so a common shift leaves the OUTPUT unchanged
+    out0 = mha(x, mask=mask)
+    np.testing.assert_allclose(mha(x, mask=mask, positions=np.arange(5) + 40, kv_positions=np.arange(5) + 40),
+                               out0, atol=1e-12)
 
 
 def test_four_dimensional_mask_per_head():

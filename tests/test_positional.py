@@ -46,6 +46,26 @@ def test_sinusoidal_shift_is_a_fixed_linear_map():
     assert np.max(np.abs(src @ R - dst)) < 1e-10
 
 
+def test_seed_exponent_breaks_both_properties():
+    """Seed 003 uses exponent j/d for every column j (MECHANISMS.md X1); ours uses (j-1)/d for odd j.
+
+    The seed's table fails both checks above by a wide margin ([v]: norms over [5.70, 11.31],
+    shift residual about 1.13), so those tests can tell the two formulas apart.
+    """
+    n, d, k = 200, 16, 5
+    j = np.arange(d)[None, :]
+    angles = np.arange(n + k)[:, None] / 10000.0 ** (j / d)          # seed: exponent j/d for odd j too
+    seed = np.where(j % 2 == 0, np.sin(angles), np.cos(angles))        # (n + k, d)
+    norms = np.sum(seed[:n] ** 2, axis=1)
+    assert round(float(norms.min()), 2) == 5.70 and round(float(norms.max()), 2) == 11.31
+    A, *_ = np.linalg.lstsq(seed[:n], seed[k:], rcond=None)
+    assert 1.1 < np.max(np.abs(seed[:n] @ A - seed[k:])) < 1.15
+    # the library's table differs from the seed's exactly in the odd (cosine) columns
+    ours = sinusoidal_encoding(n + k, d)
+    np.testing.assert_allclose(ours[:, 0::2], seed[:, 0::2], atol=1e-15)
+    assert np.max(np.abs(ours[:, 1::2] - seed[:, 1::2])) > 0.5
+
+
 def test_sinusoidal_gram_matrix_is_toeplitz():
     pe = sinusoidal_encoding(12, 8)
     gram = pe @ pe.T
@@ -102,6 +122,33 @@ def test_rope_scores_depend_only_on_offset(interleaved):
 
     assert abs(s(3, 1) - s(10, 8)) < 1e-12
     assert abs(s(3, 1) - s(3, 2)) > 1e-3            # a different offset gives a different score
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+@pytest.mark.parametrize("base", [10000.0, 100.0])
+def test_rope_score_by_hand(interleaved, base):
+    """d = 4, q = k = (1, 1, 1, 1): each pair contributes (1, 1) R(phi) (1, 1)^T = 2 cos(phi), phi = (r - p) theta_i.
+
+    theta_0 = 1 and theta_1 = base^(-2/4), so s(p, r) = 2 cos(2) + 2 cos(2 / sqrt(base)) for r - p = -2.
+    (MECHANISMS.md X3 quotes s(3,1) = s(10,8) = -0.751662 [v] without stating q, k or d; no
+    setup stated there reproduces that number, so only the equality is tested on random vectors.)
+    """
+    q = np.ones((1, 4))
+
+    def s(p, r):
+        return float(rope(q, np.array([p]), base=base, interleaved=interleaved)[0]
+                     @ rope(q, np.array([r]), base=base, interleaved=interleaved)[0])
+
+    expected = 2 * math.cos(2.0) + 2 * math.cos(2.0 / math.sqrt(base))
+    assert s(3, 1) == pytest.approx(expected, abs=1e-14)
+    assert s(10, 8) == pytest.approx(expected, abs=1e-14)
+    assert s(1, 3) == pytest.approx(expected, abs=1e-14)    # cos is even: the sign of the offset cancels here
+    # q = e_a, k = e_b with (a, b) pair 0 ((0, 1) interleaved, (0, 2) half-split): e_a^T R(phi) e_b = -sin(phi)
+    b = 1 if interleaved else 2
+    qa, kb = np.eye(4)[[0]], np.eye(4)[[b]]
+    s01 = float(rope(qa, np.array([3]), base=base, interleaved=interleaved)[0]
+                @ rope(kb, np.array([1]), base=base, interleaved=interleaved)[0])
+    assert s01 == pytest.approx(-math.sin(-2.0), abs=1e-14)   # e_a^T R(phi) e_b = -sin(phi), phi = -2
 
 
 @pytest.mark.parametrize("interleaved", [True, False])

@@ -30,6 +30,8 @@ def test_module_gradient(mask_kind):
             "padding+causal": pad & causal_mask(5)}[mask_kind]
     errors = check_module(layer, x, mask=mask, details=True)
     assert set(errors) == {"input0", "W_q", "W_k", "W_v"}
+    assert layer(x, mask=mask).shape == (2, 5, 4) and layer.weights.shape == (2, 5, 5)   # (B, n, d_v), (B, n, n)
+    assert {k: v.shape for k, v in layer.params.items()} == {"W_q": (5, 3), "W_k": (5, 3), "W_v": (5, 4)}
     assert max(errors.values()) < TOLERANCE, errors
 
 

@@ -229,15 +229,15 @@ class MultiHeadAttention(Module):
             g["b_o"] += dout.reshape(-1, self.d_model).sum(axis=0)
         dheads = split_heads(dout @ p["W_o"].T, self.n_heads)   # (B, n, H*d) -> (B, H, n, d_head)
         # attention per head, then sum the repeated key/value heads back into their groups
-        k_rep, v_rep = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)
-        dq, dk_rep, dv_rep = scaled_dot_product_attention_backward(dheads, q, k_rep, v_rep, weights)
+        k_rep, v_rep = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)   # (B, H, m, d_head)
+        dq, dk_rep, dv_rep = scaled_dot_product_attention_backward(dheads, q, k_rep, v_rep, weights)  # (B, H, n|m, d)
         dk = repeat_kv_backward(dk_rep, self.n_rep)              # (B, H_kv, m, d_head)
         dv = repeat_kv_backward(dv_rep, self.n_rep)              # (B, H_kv, m, d_head)
         if self.rope:
             dq = rope_backward(dq, positions, self.rope_base, self.rope_interleaved)
             dk = rope_backward(dk, kv_positions, self.rope_base, self.rope_interleaved)
         dq, dk, dv = merge_heads(dq), merge_heads(dk), merge_heads(dv)   # (B, n|m, H*d | H_kv*d)
-        x2, s2 = x.reshape(-1, self.d_model), source.reshape(-1, self.d_model)
+        x2, s2 = x.reshape(-1, self.d_model), source.reshape(-1, self.d_model)   # (B*n, d_model), (B*m, d_model)
         for name, src2, d in (("q", x2, dq), ("k", s2, dk), ("v", s2, dv)):   # three projections, not data
             g["W_" + name] += src2.T @ d.reshape(-1, d.shape[-1])
             if self.bias:
