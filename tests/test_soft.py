@@ -232,3 +232,32 @@ def test_soft_attention_learns_to_read_the_marked_cell():
     assert accuracy >= 0.95, accuracy
     assert alignment >= 0.95, alignment
     assert mass_on_marked > 0.8, mass_on_marked
+
+
+def test_backward_accepts_a_gradient_at_the_weights_from_the_penalty():
+    """Context loss + doubly stochastic penalty through the module: checked by finite differences."""
+    from attention_np.mechanisms.soft import SoftAttention, doubly_stochastic_penalty
+    from attention_np.train import TOLERANCE, numerical_gradient, relative_error
+
+    rng = np.random.default_rng(11)
+    B, L, D, d_s = 2, 5, 3, 4
+    att = SoftAttention(D, d_s, 6, rng=rng)
+    features, state = rng.standard_normal((B, L, D)), rng.standard_normal((B, d_s))
+    G, lam = rng.standard_normal((B, D)), 0.7
+
+    def objective():
+        ctx = att.forward(features, state)
+        penalty, _ = doubly_stochastic_penalty(att.weights[:, None, :], lam)    # T = 1 step
+        return float(np.sum(ctx * G) + penalty)
+
+    att.zero_grad()
+    att.forward(features, state)
+    _, dweights = doubly_stochastic_penalty(att.weights[:, None, :], lam)
+    dfeatures, dstate = att.backward(G, dweights=dweights[:, 0, :])
+    assert relative_error(dfeatures, numerical_gradient(objective, features)) < TOLERANCE
+    assert relative_error(dstate, numerical_gradient(objective, state)) < TOLERANCE
+    analytic = {name: g.copy() for name, _, g in att.parameters()}
+    for name, p, _ in att.parameters():
+        assert relative_error(analytic[name], numerical_gradient(objective, p)) < TOLERANCE, name
+    with pytest.raises(ValueError, match="dweights must have shape"):
+        att.backward(G, dweights=np.zeros((B, L + 1)))

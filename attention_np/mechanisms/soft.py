@@ -100,17 +100,22 @@ def soft_attention(features, state, params, mask=None):
     return beta[:, None] * expected, weights, beta         # (B, D)
 
 
-def soft_attention_backward(dcontext, features, state, params, weights, beta):
+def soft_attention_backward(dcontext, features, state, params, weights, beta, dweights=None):
     """Backward of :func:`soft_attention`.
 
-    Returns ``(dfeatures (B, L, D), dstate (B, d_state), dparams)`` where
-    ``dparams`` has one gradient per key of ``params``.
+    ``dweights (B, L)``, optional, is a gradient that reaches the weights from
+    elsewhere than the context — e.g. the doubly stochastic penalty's — and is
+    added before the softmax backward.  Returns ``(dfeatures (B, L, D),
+    dstate (B, d_state), dparams)`` where ``dparams`` has one gradient per key
+    of ``params``.
     """
     _, T = additive_scores(features, state, params["W_a"], params["W_h"], params["b"], params["w"])
     expected = np.einsum("bl,bld->bd", weights, features)  # (B, D)
     dexpected = beta[:, None] * dcontext                   # (B, D)
-    dweights = features @ dexpected[:, :, None]            # (B, L, D) @ (B, D, 1) -> (B, L, 1)
-    de = softmax_backward(dweights[..., 0], weights)       # (B, L); zero where masked
+    dalpha = (features @ dexpected[:, :, None])[..., 0]    # (B, L, D) @ (B, D, 1) -> (B, L)
+    if dweights is not None:
+        dalpha = dalpha + dweights                         # extra gradient arriving at alpha
+    de = softmax_backward(dalpha, weights)                 # (B, L); zero where masked
     dfeat_key, dstate, dW_a, dW_h, db, dw = additive_scores_backward(
         de, features, state, params["W_a"], params["W_h"], params["w"], T)
     dfeatures = weights[:, :, None] * dexpected[:, None, :] + dfeat_key   # value path + key path
@@ -177,13 +182,22 @@ class SoftAttention(Module):
         self.cache = (features, state, self.weights, self.beta)
         return context
 
-    def backward(self, dcontext):
-        """``dcontext (B, D)`` -> ``(dfeatures (B, L, D), dstate (B, d_state))``; adds into ``grads``."""
+    def backward(self, dcontext, dweights=None):
+        """``dcontext (B, D)`` -> ``(dfeatures (B, L, D), dstate (B, d_state))``; adds into ``grads``.
+
+        ``dweights (B, L)``, optional: a gradient arriving at ``.weights`` from
+        elsewhere, such as ``doubly_stochastic_penalty``'s (sliced per step).
+        """
         features, state, weights, beta = self.cache
         dcontext = as_float_array(dcontext, "dcontext")
         if dcontext.shape != (features.shape[0], self.d_feature):
             raise shape_error("dcontext", f"(B={features.shape[0]}, D={self.d_feature})", dcontext)
-        dfeatures, dstate, dparams = soft_attention_backward(dcontext, features, state, self.params, weights, beta)
+        if dweights is not None:
+            dweights = as_float_array(dweights, "dweights")
+            if dweights.shape != weights.shape:
+                raise shape_error("dweights", f"(B={weights.shape[0]}, L={weights.shape[1]})", dweights)
+        dfeatures, dstate, dparams = soft_attention_backward(dcontext, features, state, self.params, weights, beta,
+                                                             dweights)
         for name, g in dparams.items():
             self.grads[name] += g
         return dfeatures, dstate
