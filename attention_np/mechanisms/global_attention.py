@@ -116,6 +116,17 @@ def init_score_params(module, method, d, d_att, rng):
         module.add_param("v_a", rng.uniform(-1.0, 1.0, size=d_att) / np.sqrt(d_att))
 
 
+def output_backward(dh_tilde, h_tilde, context, h_t, source, weights, W_c):
+    """Backward of ``h̃ = tanh([c; h_t] W_c)`` and ``c = Σ_s a_s h̄_s`` (shared by global and local attention).
+
+    Returns ``(dweights (B, S), dsource (B, S, d) value path, dh_t (B, d) from the mix, dW_c)``.
+    """
+    dcontext, dh, dW_c = attentional_hidden_backward(dh_tilde, h_tilde, context, h_t, W_c)
+    dweights = np.einsum("bd,bsd->bs", dcontext, source)               # (B, S)  (P4)
+    dsource = weights[:, :, None] * dcontext[:, None, :]               # (B, S, d) value path
+    return dweights, dsource, dh, dW_c
+
+
 class GlobalAttention(Module):
     """Luong global attention with score ``"dot"``, ``"general"`` or ``"concat"``.
 
@@ -152,10 +163,8 @@ class GlobalAttention(Module):
         if dh_tilde.shape != h_tilde.shape:
             raise shape_error("dh_tilde", f"(B={h_tilde.shape[0]}, d={self.d})", dh_tilde)
         p = self.params
-        dcontext, dh, dW_c = attentional_hidden_backward(dh_tilde, h_tilde, context, h_t, p["W_c"])
+        dweights, dsource, dh, dW_c = output_backward(dh_tilde, h_tilde, context, h_t, source, weights, p["W_c"])
         self.grads["W_c"] += dW_c
-        dweights = np.einsum("bd,bsd->bs", dcontext, source)               # (B, S)  (P4)
-        dsource = weights[:, :, None] * dcontext[:, None, :]               # (B, S, d) value path
         dscores = softmax_backward(dweights, weights)                      # (B, S); masked -> 0
         dh_s, dsource_s, dparams = luong_scores_backward(dscores, score_cache, h_t, source, self.score,
                                                          p.get("W_a"), p.get("v_a"))

@@ -37,8 +37,8 @@ import numpy as np
 from ..nn.functional import sigmoid, softmax, softmax_backward
 from ..nn.module import Module, default_rng, xavier_uniform
 from ..nn.validate import as_float_array, shape_error
-from .global_attention import (attentional_hidden, attentional_hidden_backward, check_step_inputs,
-                               init_score_params, luong_scores, luong_scores_backward)
+from .global_attention import (attentional_hidden, check_step_inputs, init_score_params, luong_scores,
+                               luong_scores_backward, output_backward)
 
 MODES = ("predictive", "monotonic")
 
@@ -143,10 +143,8 @@ class LocalAttention(Module):
         if dh_tilde.shape != h_tilde.shape:
             raise shape_error("dh_tilde", f"(B={h_tilde.shape[0]}, d={self.d})", dh_tilde)
         p = self.params
-        dcontext, dh, dW_c = attentional_hidden_backward(dh_tilde, h_tilde, context, h_t, p["W_c"])
+        dweights, dsource, dh, dW_c = output_backward(dh_tilde, h_tilde, context, h_t, source, weights, p["W_c"])
         self.grads["W_c"] += dW_c
-        dweights = np.einsum("bd,bsd->bs", dcontext, source)               # (B, S)  (P4)
-        dsource = weights[:, :, None] * dcontext[:, None, :]               # (B, S, d) value path
         gaussian = self.mode == "predictive"
         dscores, dp_t = local_weights_backward(dweights, align, gauss, p_t, self.window, gaussian)
         dh_s, dsource_s, dparams = luong_scores_backward(dscores, score_cache, h_t, source, self.score,
