@@ -62,3 +62,19 @@ def assert_close(actual, expected, name: str = "result", rtol: float = 1e-7, ato
             f"{name}: values differ (shape {expected.shape}); largest difference at index {idx}: "
             f"expected {float(expected[idx]):.6g}, got {float(actual[idx]):.6g} "
             f"(|diff| = {float(diff[idx]):.3g})")
+
+
+def reference(dotted_name: str):
+    """The library object ``dotted_name`` (e.g. ``"attention_np.mechanisms.sparse.sparsemax"``), for check cells.
+
+    Check cells reach the reference implementation through this function, never through a name that a
+    solution cell could see or replace.  While a submission is graded the grader makes the names an
+    exercise lists as ``off_limits`` unusable to student code; this function is how the check still
+    reaches them.
+    """
+    import importlib
+
+    module_name, _, attr = str(dotted_name).rpartition(".")
+    if not module_name.startswith("attention_np"):
+        raise ValueError(f"reference() takes a dotted name inside attention_np, got {dotted_name!r}")
+    return getattr(importlib.import_module(module_name), attr)
