@@ -46,7 +46,7 @@ import numpy as np
 
 from ..nn.functional import causal_mask, softmax
 from ..nn.module import Module, default_rng, xavier_uniform
-from ..nn.validate import as_float_array, check_mask, shape_error
+from ..nn.validate import as_float_array, check_head_mask, shape_error
 from .positional import rope, rope_backward
 from .scaled_dot_product import scaled_dot_product_attention, scaled_dot_product_attention_backward
 
@@ -118,7 +118,7 @@ class MultiHeadLatentAttention(Module):
         """Boolean mask for (B, H, n, m) scores: causal (with prefix) AND the user's mask."""
         full = causal_mask(n, m) if causal else None                     # (n, m)
         if mask is not None:
-            mask = check_mask(mask, (B, self.n_heads, n, m))
+            mask = check_head_mask(mask, B, self.n_heads, n, m)          # (n, m), (B, 1, n|1, m) or (B, H, n, m)
             full = mask if full is None else (mask & full)
         return full
 

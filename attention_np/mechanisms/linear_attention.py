@@ -89,6 +89,11 @@ def _forward(q, k, v, causal):
         z = np.sum(phi_k, axis=-2)                                   # phi(K)^T 1, (..., d_k)
         num = phi_q @ states                                         # (..., n, d_k) @ (..., d_k, d_v) -> (..., n, d_v)
         den = phi_q @ z[..., :, None]                                # (..., n, 1)
+    # den = phi(q_i) . z_a is a sum of non-negative terms; it is exactly 0 only when every term is
+    # (phi underflowed, e.g. q <= -104 in float32, or phi(k) = 0 for every visible key), and then
+    # num = 0 too.  Such a row outputs 0 and passes no gradient, like a fully masked softmax row.
+    empty = den <= 0
+    den = np.where(empty, 1.0, den).astype(num.dtype, copy=False)
     return phi_q, phi_k, states, z, den, num / den
 
 
@@ -115,7 +120,7 @@ def linear_attention_backward(dout, q, k, v, causal: bool = False):
     if dout.shape != out.shape:
         raise shape_error("dout", str(out.shape), dout)
     d_num = dout / den                                               # dN, (..., n, d_v)
-    d_den = -np.sum(dout * out, axis=-1, keepdims=True) / den        # dden, (..., n, 1)
+    d_den = -np.sum(dout * out, axis=-1, keepdims=True) / den        # dden, (..., n, 1); 0 on an empty row (out = 0)
     if causal:
         n, m = q.shape[-2], k.shape[-2]
         dphi_q = (states @ d_num[..., :, :, None])[..., 0] + z * d_den          # S_a dN_i + z_a dden_i, (..., n, d_k)

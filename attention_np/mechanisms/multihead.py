@@ -35,7 +35,7 @@ import numpy as np
 
 from ..nn.functional import causal_mask
 from ..nn.module import Module, default_rng, xavier_uniform
-from ..nn.validate import as_float_array, check_int_array, check_mask, shape_error
+from ..nn.validate import as_float_array, check_head_mask, check_int_array, shape_error
 from .positional import rope as apply_rope, rope_backward
 from .scaled_dot_product import scaled_dot_product_attention, scaled_dot_product_attention_backward
 
@@ -187,14 +187,7 @@ class MultiHeadAttention(Module):
 
     def head_mask(self, mask, batch, n, m, causal=False):
         """Normalise ``mask`` to something broadcastable to ``(B, H, n, m)`` (or None)."""
-        if mask is not None:
-            mask = np.asarray(mask)
-            if mask.ndim == 4:
-                mask = check_mask(mask, (batch, self.n_heads, n, m))
-            else:
-                mask = check_mask(mask, (batch, n, m))
-                if mask.ndim == 3:
-                    mask = mask[:, None]                          # (B, 1, n|1, m): insert the head axis
+        mask = check_head_mask(mask, batch, self.n_heads, n, m)   # (B, 1, n|1, m) for a 3-axis mask
         if causal:
             cm = causal_mask(n, m)                                # (n, m)
             mask = cm if mask is None else np.logical_and(mask, cm)

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..nn.functional import causal_mask
 from ..nn.module import Module, default_rng, xavier_uniform
-from ..nn.validate import as_float_array, shape_error
+from ..nn.validate import as_float_array, check_mask, shape_error
 from .scaled_dot_product import scaled_dot_product_attention, scaled_dot_product_attention_backward
 
 __all__ = ["self_attention", "self_attention_backward", "SelfAttention"]
@@ -86,8 +86,11 @@ class SelfAttention(Module):
 
     def forward(self, x, mask=None, causal: bool = False) -> np.ndarray:
         x = _check_x(x, self.d_model)
+        n = x.shape[-2]
+        if mask is not None:
+            mask = check_mask(mask, x.shape[:-2] + (n, n))   # boolean, (n, n) or (..., n, n), before combining
         if causal:
-            cm = causal_mask(x.shape[-2])                    # (n, n)
+            cm = causal_mask(n)                              # (n, n)
             mask = cm if mask is None else np.logical_and(mask, cm)
         p = self.params
         out, weights = self_attention(x, p["W_q"], p["W_k"], p["W_v"], mask=mask)

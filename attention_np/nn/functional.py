@@ -139,8 +139,14 @@ def elu_backward(dy, x, alpha: float = 1.0) -> np.ndarray:
 
 
 def elu_plus_one(x) -> np.ndarray:
-    """The positive feature map of linear attention: ``phi(x) = elu(x) + 1 > 0``."""
-    return elu(x) + 1.0
+    """The positive feature map of linear attention: ``phi(x) = elu(x) + 1 > 0``.
+
+    Computed as ``x + 1`` for ``x > 0`` and ``exp(x)`` otherwise (the same
+    function); writing ``(exp(x) - 1) + 1`` would round to exactly 0 already at
+    ``x <= -18`` in float32, ``exp(x)`` only underflows at about ``-104``.
+    """
+    x = as_float_array(x, "x")
+    return np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0.0)))
 
 
 def elu_plus_one_backward(dy, x) -> np.ndarray:

@@ -40,21 +40,63 @@ def check_last_dim(x: np.ndarray, name: str, size: int, expected: str) -> None:
 
 
 def check_mask(mask, target_shape: tuple, name: str = "mask") -> np.ndarray:
-    """Validate a boolean mask (True = may attend) that broadcasts to ``target_shape``."""
+    """Validate a boolean mask (True = may attend) for scores of shape ``target_shape``.
+
+    Two kinds of mask are accepted, so that a mask can never line up with the
+    wrong axes silently:
+
+    * up to two axes, e.g. ``(n, m)`` or ``(m,)``: shared by every leading axis;
+    * as many axes as the scores, e.g. ``(B, 1, n, m)`` against ``(B, H, n, m)``:
+      every axis named, size 1 where it broadcasts.
+
+    A three-axis mask such as ``padding_mask``'s ``(B, 1, m)`` against four-axis
+    scores ``(B, H, n, m)`` would broadcast from the right and pair the batch
+    axis with the head axis; it is refused with a message that says how to
+    insert the missing axis.  Non-boolean masks (e.g. PyTorch-style additive
+    ``0 / -inf`` float masks, or 0/1 integers) are refused too.
+    """
+    target_shape = tuple(target_shape)
     mask = np.asarray(mask)
     if mask.dtype != np.bool_:
+        hint = (" (an additive 0 / -inf float mask means the opposite: convert it with `mask == 0`)"
+                if np.issubdtype(mask.dtype, np.floating) else "")
         raise ValueError(
-            f"{name} must be a boolean array (True = may attend), got dtype {mask.dtype}"
+            f"{name} must be a boolean array (True = may attend), got dtype {mask.dtype}{hint}"
+        )
+    if mask.ndim > 2 and mask.ndim != len(target_shape):
+        hint = ""
+        if mask.ndim == len(target_shape) - 1 and len(target_shape) == 4:
+            hint = "; for per-head scores (B, H, n, m) insert the head axis with mask[:, None]"
+        raise ValueError(
+            f"{name} must have shape (n, m), (m,) or one axis per score axis {target_shape}; "
+            f"got {mask.ndim} axes {mask.shape}, which would pair its axes with the wrong score axes{hint}"
         )
     try:
         shape = np.broadcast_shapes(mask.shape, target_shape)
     except ValueError:
         shape = None
-    if shape != tuple(target_shape):
+    if shape != target_shape:
         raise ValueError(
-            f"{name} must broadcast to shape {tuple(target_shape)}, got {mask.shape}"
+            f"{name} must broadcast to shape {target_shape}, got {mask.shape}"
         )
     return mask
+
+
+def check_head_mask(mask, batch: int, n_heads: int, n: int, m: int, name: str = "mask"):
+    """A module-level mask for multi-head scores ``(B, H, n, m)``, or None.
+
+    Attention *modules* take ``x (B, n, d_model)`` and hide their heads, so their
+    masks name the axes the user sees: ``(n, m)``, ``(B, n, m)`` (e.g.
+    ``padding_mask``'s ``(B, 1, m)``), or per head ``(B, H, n, m)``.  A
+    three-axis mask gets the head axis inserted, ``(B, 1, n|1, m)``.
+    """
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.ndim == 4:
+        return check_mask(mask, (batch, n_heads, n, m), name)
+    mask = check_mask(mask, (batch, n, m), name)
+    return mask[:, None] if mask.ndim == 3 else mask
 
 
 def check_int_array(x, name: str, high: int | None = None, expected: str = "") -> np.ndarray:
