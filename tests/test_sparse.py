@@ -6,7 +6,8 @@ from attention_np.mechanisms.scaled_dot_product import (
     scaled_dot_product_attention, scaled_dot_product_attention_backward,
 )
 from attention_np.mechanisms.sparse import (
-    bigbird_mask, fixed_mask, longformer_mask, sliding_window_mask, sparsemax, sparsemax_attention,
+    band_offsets, band_to_dense, bigbird_mask, fixed_mask, longformer_mask, sliding_window_attention,
+    sliding_window_attention_backward, sliding_window_mask, sparsemax, sparsemax_attention,
     sparsemax_attention_backward, sparsemax_backward, sparsemax_threshold, strided_mask,
 )
 from attention_np.nn.functional import causal_mask
@@ -222,3 +223,82 @@ def test_sparsemax_attention_bad_input():
     with pytest.raises(ValueError, match="weights must have shape"):
         sparsemax_attention_backward(np.zeros((3, 2)), np.zeros((3, 4)), np.zeros((5, 4)),
                                      np.zeros((5, 2)), np.zeros((3, 4)))
+
+
+# ---------------------------------------------------------------- sliding-window attention, band only
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("window", [1, 2, 3, 4, 7, 30])
+def test_sliding_window_attention_equals_masked_sdpa(window, causal):
+    rng = np.random.default_rng(8)
+    q, k, v = rng.standard_normal((2, 3, 9, 4)), rng.standard_normal((2, 3, 9, 4)), rng.standard_normal((2, 3, 9, 5))
+    mask = sliding_window_mask(9, window, causal=causal)
+    out, band = sliding_window_attention(q, k, v, window, causal=causal)
+    ref_out, ref_w = scaled_dot_product_attention(q, k, v, mask=mask)
+    assert band.shape == (2, 3, 9, len(band_offsets(window, causal)))
+    np.testing.assert_allclose(out, ref_out, atol=1e-13)
+    np.testing.assert_allclose(band_to_dense(band, window, causal=causal), ref_w, atol=1e-14)
+    np.testing.assert_allclose(band.sum(axis=-1), 1.0, atol=1e-13)
+    dout = rng.standard_normal(out.shape)
+    got = sliding_window_attention_backward(dout, q, k, v, band, window, causal=causal)
+    for g, r in zip(got, scaled_dot_product_attention_backward(dout, q, k, v, ref_w)):
+        np.testing.assert_allclose(g, r, atol=1e-13)
+
+
+def test_band_offsets_and_dense_layout():
+    np.testing.assert_array_equal(band_offsets(4), [-2, -1, 0, 1, 2])
+    np.testing.assert_array_equal(band_offsets(4, causal=True), [-3, -2, -1, 0])
+    band = np.arange(1, 16, dtype=float).reshape(5, 3)         # n = 5, window = 2 -> offsets -1, 0, 1
+    dense = band_to_dense(band, 2)
+    assert dense[0, 0] == 2 and dense[0, 1] == 3 and dense[4, 3] == 13 and dense[4, 4] == 14
+    assert dense.sum() == band.sum() - band[0, 0] - band[4, 2]  # the two cells beyond the ends are dropped
+    assert np.array_equal(dense != 0, sliding_window_mask(5, 2))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_sliding_window_attention_gradcheck(causal):
+    rng = np.random.default_rng(9)
+    q, k, v = rng.standard_normal((2, 7, 3)), rng.standard_normal((2, 7, 3)), rng.standard_normal((2, 7, 2))
+
+    def fwd(q, k, v):
+        return sliding_window_attention(q, k, v, 4, causal=causal)[0]
+
+    def bwd(dout, q, k, v):
+        return sliding_window_attention_backward(dout, q, k, v, sliding_window_attention(q, k, v, 4, causal=causal)[1],
+                                                 4, causal=causal)
+
+    errors = check_function(fwd, bwd, q, k, v, details=True)
+    assert max(errors.values()) < TOLERANCE, errors
+
+
+def test_sliding_window_attention_broadcast_scale_and_float32():
+    rng = np.random.default_rng(10)
+    q, k, v = rng.standard_normal((2, 1, 6, 3)), rng.standard_normal((1, 6, 3)), rng.standard_normal((6, 2))
+
+    def fwd(q, k, v):
+        return sliding_window_attention(q, k, v, 2, scale=0.7)[0]
+
+    def bwd(dout, q, k, v):
+        return sliding_window_attention_backward(dout, q, k, v, sliding_window_attention(q, k, v, 2, scale=0.7)[1],
+                                                 2, scale=0.7)
+
+    errors = check_function(fwd, bwd, q, k, v, details=True)       # broadcast k, v: gradients summed back
+    assert max(errors.values()) < TOLERANCE, errors
+    grads = bwd(np.ones((2, 1, 6, 2)), q, k, v)
+    assert [g.shape for g in grads] == [q.shape, k.shape, v.shape]
+    out, band = sliding_window_attention(q.astype(np.float32), k.astype(np.float32), v.astype(np.float32), 2)
+    assert out.dtype == np.float32 and band.dtype == np.float32
+
+
+def test_sliding_window_attention_bad_input():
+    q = np.zeros((5, 4))
+    with pytest.raises(ValueError, match="k must have shape"):
+        sliding_window_attention(q, np.zeros((6, 4)), np.zeros((6, 2)), 2)
+    with pytest.raises(ValueError, match="window"):
+        sliding_window_attention(q, q, q, 0)
+    out, band = sliding_window_attention(q, q, np.zeros((5, 2)), 2)
+    with pytest.raises(ValueError, match="weights must have shape"):
+        sliding_window_attention_backward(out, q, q, np.zeros((5, 2)), band[:, :2], 2)
+    with pytest.raises(ValueError, match="dout must have shape"):
+        sliding_window_attention_backward(out[:, :1], q, q, np.zeros((5, 2)), band, 2)
+    with pytest.raises(ValueError, match="weights must have shape"):
+        band_to_dense(band, 4)

@@ -34,19 +34,40 @@ Two different ideas live here and should not be confused:
 ``sparsemax_attention(q, k, v, mask)`` is scaled dot-product attention with
 sparsemax in place of softmax: ``q (..., n, d_k)``, ``k (..., m, d_k)``,
 ``v (..., m, d_v)`` -> ``out (..., n, d_v)``, ``weights (..., n, m)``.
+
+``sliding_window_attention(q, k, v, window)`` is the one pattern computed the
+efficient way: it gathers each query's ``W`` keys (``W = 2 (window // 2) + 1``,
+or ``window`` when causal) with ``sliding_window_view`` and never forms the
+``n x n`` score matrix, so it costs ``O(n W d)`` time and ``O(n W)`` memory.
+Its weights come back in *band* form ``(..., n, W)``: column ``w`` holds key
+``i + offsets[w]`` (see :func:`band_offsets`); :func:`band_to_dense` scatters
+them into ``(..., n, n)``.  Backward: the SDPA backward restricted to the band,
+
+.. math::
+    dV_j = \sum_w P_{j-o_w,\,w}\, dO_{j-o_w},\quad
+    dS = P \odot (dP - \operatorname{rowsum}(dP \odot P)),\quad
+    dQ_i = s \sum_w dS_{i,w} K_{i+o_w},\quad dK_j = s \sum_w dS_{j-o_w,\,w}\, Q_{j-o_w}
+
+(a key ``j`` is reached by query ``j - o_w`` through band column ``w``).
 """
 from __future__ import annotations
 
 
+import math
+
 import numpy as np
 
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..nn.functional import softmax, softmax_backward, unbroadcast
 from ..nn.validate import as_float_array, check_mask, shape_error
-from .scaled_dot_product import dot_product_attention, dot_product_attention_backward
+from .scaled_dot_product import check_qkv, dot_product_attention, dot_product_attention_backward
 
 __all__ = [
     "sparsemax", "sparsemax_backward", "sparsemax_threshold",
     "sliding_window_mask", "strided_mask", "fixed_mask", "longformer_mask", "bigbird_mask",
     "sparsemax_attention", "sparsemax_attention_backward",
+    "band_offsets", "band_to_dense", "sliding_window_attention", "sliding_window_attention_backward",
 ]
 
 
@@ -235,3 +256,115 @@ def sparsemax_attention_backward(dout, q, k, v, weights, scale: float | None = N
     """Return ``(dq, dk, dv)``; ``weights`` is the forward's second output (zero off the support)."""
     return dot_product_attention_backward(dout, q, k, v, weights, scale=scale,
                                           normalize_backward=sparsemax_backward)
+
+
+# ---------------------------------------------------------------- windowed attention, band only
+def band_offsets(window: int, causal: bool = False) -> np.ndarray:
+    """Key offsets ``o_w = j - i`` of the band's columns, as in :func:`sliding_window_mask`.
+
+    Non-causal: ``-(window // 2), ..., window // 2``; causal: ``-(window - 1), ..., 0``.
+    """
+    window = _check_positive(window, "window")
+    if causal:
+        return np.arange(-(window - 1), 1)                                       # (W,) W = window
+    half = window // 2
+    return np.arange(-half, half + 1)                                            # (W,) W = 2 half + 1
+
+
+def _band_index(n, offsets):
+    """Key index ``i + o_w`` of every band cell and whether it lies in ``[0, n)``."""
+    keys = np.arange(n)[:, None] + offsets[None, :]                              # (n, W)
+    return keys, (keys >= 0) & (keys < n)
+
+
+def _windows(x, offsets, reverse=False):
+    """Rows ``x[i + o_w]`` (or ``x[i - o_w]`` if ``reverse``) for every ``i, w``, zero outside.
+
+    ``x (..., n, d)`` -> a strided view ``(..., n, d, W)``: pad the position
+    axis and slide a window of ``W`` rows over it (no copy, no loop).
+    """
+    left, right = -int(offsets[0]), int(offsets[-1])                             # keys before / after i
+    if reverse:
+        left, right = right, left
+    pad = [(0, 0)] * (x.ndim - 2) + [(left, right), (0, 0)]
+    windows = sliding_window_view(np.pad(x, pad), len(offsets), axis=-2)          # (..., n, d, W)
+    return windows[..., ::-1] if reverse else windows
+
+
+def _skew(band, offsets, valid):
+    """``out[..., j, w] = band[..., j - o_w, w]`` (0 where ``j - o_w`` is outside ``[0, n)``).
+
+    Reindexes a band from "query i, column w" to "key j, column w", the
+    bookkeeping of every key-side gradient.
+    """
+    n = band.shape[-2]
+    queries = np.arange(n)[:, None] - offsets[None, :]                           # (n, W): j - o_w
+    ok = (queries >= 0) & (queries < n)
+    out = band[..., np.clip(queries, 0, n - 1), np.arange(len(offsets))[None, :]]  # (..., n, W) gather
+    return np.where(ok, out, 0.0)
+
+
+def sliding_window_attention(q, k, v, window: int, causal: bool = False, scale: float | None = None):
+    """Softmax attention inside a sliding window, computing only the band.
+
+    ``q (..., n, d_k)``, ``k (..., n, d_k)``, ``v (..., n, d_v)`` (self-attention
+    lengths: ``m = n``) -> ``(out (..., n, d_v), weights (..., n, W))``.  Query
+    ``i`` attends to keys ``i + o_w`` for ``o_w`` in :func:`band_offsets`; keys
+    beyond the sequence ends get weight 0.  Equal (to rounding) to
+    ``scaled_dot_product_attention(q, k, v, mask=sliding_window_mask(n, window, causal))``
+    but ``O(n W d)`` instead of ``O(n^2 d)``.
+    """
+    q, k, v, lead = check_qkv(q, k, v)
+    n, m = q.shape[-2], k.shape[-2]
+    if m != n:
+        raise shape_error("k", f"(..., n={n}, d_k) (a sliding window needs as many keys as queries)", k)
+    offsets = band_offsets(window, causal)                                       # (W,)
+    _, valid = _band_index(n, offsets)                                           # (n, W)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    k_win = _windows(k, offsets)                                                 # (..., n, d_k, W) view
+    v_win = _windows(v, offsets)                                                 # (..., n, d_v, W) view
+    scores = (q[..., None, :] @ k_win)[..., 0, :] * scale                        # (..., n, 1, d_k) @ (..., n, d_k, W) -> (..., n, W)
+    weights = softmax(scores, mask=valid)                                        # (..., n, W), rows sum to 1
+    out = (v_win @ weights[..., :, None])[..., 0]                                # (..., n, d_v, W) @ (..., n, W, 1) -> (..., n, d_v)
+    return out, weights
+
+
+def sliding_window_attention_backward(dout, q, k, v, weights, window: int, causal: bool = False,
+                                      scale: float | None = None):
+    """Return ``(dq, dk, dv)``; ``weights (..., n, W)`` is the forward's second output."""
+    q, k, v, lead = check_qkv(q, k, v)
+    n, d_v = q.shape[-2], v.shape[-1]
+    if k.shape[-2] != n:
+        raise shape_error("k", f"(..., n={n}, d_k) (a sliding window needs as many keys as queries)", k)
+    offsets = band_offsets(window, causal)                                       # (W,)
+    W = len(offsets)
+    dout = as_float_array(dout, "dout")
+    if dout.shape != lead + (n, d_v):
+        raise shape_error("dout", str(lead + (n, d_v)), dout)
+    if np.shape(weights) != lead + (n, W):
+        raise shape_error("weights", str(lead + (n, W)), weights)
+    _, valid = _band_index(n, offsets)                                           # (n, W)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    shape = lambda x: np.broadcast_to(x, lead + x.shape[-2:])                    # common leading axes
+    q_b, k_b, v_b, dout = shape(q), shape(k), shape(v), shape(dout)
+    dweights = (dout[..., None, :] @ _windows(v_b, offsets))[..., 0, :]          # dP: (..., n, 1, d_v) @ (..., n, d_v, W) -> (..., n, W)
+    dscores = softmax_backward(dweights, weights) * scale                        # (..., n, W); 0 off the sequence
+    dq = (_windows(k_b, offsets) @ dscores[..., :, None])[..., 0]                # (..., n, d_k, W) @ (..., n, W, 1) -> (..., n, d_k)
+    # key j is reached by query j - o_w through band column w: skew the bands, slide over queries
+    dk = (_windows(q_b, offsets, reverse=True) @ _skew(dscores, offsets, valid)[..., :, None])[..., 0]   # (..., n, d_k)
+    dv = (_windows(dout, offsets, reverse=True) @ _skew(weights, offsets, valid)[..., :, None])[..., 0]   # (..., n, d_v)
+    return unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape)
+
+
+def band_to_dense(weights, window: int, causal: bool = False) -> np.ndarray:
+    """Scatter band weights ``(..., n, W)`` into the full ``(..., n, n)`` matrix (zeros off the band)."""
+    weights = as_float_array(weights, "weights")
+    offsets = band_offsets(window, causal)
+    if weights.ndim < 2 or weights.shape[-1] != len(offsets):
+        raise shape_error("weights", f"(..., n, W={len(offsets)})", weights)
+    n = weights.shape[-2]
+    keys, valid = _band_index(n, offsets)                                        # (n, W)
+    rows, cols = np.nonzero(valid)                                               # band cells inside the sequence
+    dense = np.zeros(weights.shape[:-1] + (n,), dtype=weights.dtype)             # (..., n, n)
+    dense[..., rows, keys[rows, cols]] = weights[..., rows, cols]
+    return dense
