@@ -101,6 +101,62 @@ def test_gradcheck_every_parameter(tying, n_hops, use_mask):
     assert max(errors.values()) < TOLERANCE, errors
 
 
+@pytest.mark.parametrize("tying", ["adjacent", "layerwise"])
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_gradcheck_linear_start(tying, use_mask):
+    """Linear start (paper 4.2): the hop softmaxes are removed, p^k = u^k . m_i; every gradient still checks."""
+    story, query, mask = _data()
+    net = MemoryNetwork(V, D, 3, N, J, tying=tying, rng=np.random.default_rng(1), init_std=0.5)
+    net.linear_start = True
+    kwargs = {"mask": mask} if use_mask else {}
+    errors = check_module(net, story, query, details=True, **kwargs)
+    assert set(errors) == set(net.params)
+    assert max(errors.values()) < TOLERANCE, errors
+
+
+def test_linear_start_weights_are_the_raw_scores_and_the_flag_switches_back():
+    story, query, mask = _data()
+    net = MemoryNetwork(V, D, 1, N, J, rng=np.random.default_rng(1), init_std=0.5)
+    net.linear_start = True
+    net.forward(story, query, mask=mask)
+    A, TA = net.params["A_1"], net.params["T_A_1"]
+    l = position_encoding(J, D)
+    keep_s, keep_q = (story != 0)[..., None], (query != 0)[..., None]
+    u = np.einsum("bjd,jd->bd", A[query] * keep_q, l)                          # B = A^1
+    m = np.einsum("bnjd,jd->bnd", A[story] * keep_s, l) + TA[:story.shape[1]]
+    np.testing.assert_allclose(net.hop_weights[0], np.einsum("bnd,bd->bn", m, u) * mask, rtol=1e-12, atol=1e-15)
+    assert not np.allclose(net.hop_weights[0].sum(axis=1), 1.0)               # not a distribution
+    net.linear_start = False
+    net.forward(story, query, mask=mask)
+    np.testing.assert_allclose(net.hop_weights[0].sum(axis=1), 1.0, rtol=1e-12)
+
+
+def test_gradcheck_catches_a_softmax_jacobian_left_in_linear_start():
+    story, query, _ = _data()
+    net = MemoryNetwork(V, D, 2, N, J, rng=np.random.default_rng(1), init_std=0.5)
+    net.linear_start = True
+    real = MemoryNetwork.forward
+
+    def forward_then_forget(self, *args, **kw):     # the backward believes the softmax was there
+        out = real(self, *args, **kw)
+        self.cache = self.cache[:-1] + (False,)
+        return out
+    net.forward = forward_then_forget.__get__(net)
+    assert check_module(net, story, query) > 1e-3
+
+
+def test_scatter_add_counts_repeated_words():
+    """A word used twice in one sentence gets both contributions (plain fancy-index += would keep one)."""
+    net = MemoryNetwork(V, D, 1, N, J, rng=np.random.default_rng(1))
+    story = np.array([[[5, 5, 5]]])
+    query = np.array([[1, 2, 3]])
+    net.forward(story, query)
+    G = np.random.default_rng(3).standard_normal((1, V))
+    net.backward(G)
+    errors = check_module(net, story, query, details=True)
+    assert errors["A_1"] < TOLERANCE and errors["C_1"] < TOLERANCE
+
+
 def test_tied_table_accumulates_every_role():
     """With adjacent tying and K = 2, C_1 is both C^1 and A^2; its gradient is the sum of both roles."""
     story, query, _ = _data(4)

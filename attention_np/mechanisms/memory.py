@@ -31,6 +31,10 @@ layer-wise).  Embedding gradients are scatter-adds (``np.add.at``): word ``j``
 of sentence ``i`` adds ``l_j * dm_i`` into row ``story[b, i, j]``; a tied table
 accumulates the gradients of every role it plays.
 
+Linear start (paper section 4.2): while ``linear_start`` is True the hop softmaxes
+are removed, ``p^k = u^{k\top} m^k_i`` (zero on masked slots), and the backward
+skips the softmax Jacobian (``ds = dp``); training then sets it back to False.
+
 Word id ``nil_id`` (default 0, the project's PAD) embeds to the zero vector, so
 sentences shorter than ``J`` can be padded; ``mask (B, N)`` hides empty memory
 slots (they would otherwise still carry their temporal vector ``T_A(i)``).
@@ -66,7 +70,9 @@ class MemoryNetwork(Module):
     tying="adjacent")``.  ``roles`` maps each role (``"B"``, ``"A"`` and ``"C"``
     per hop, ``"W"``, ``"T_A"``, ``"T_C"``) to the name of the parameter that
     plays it.  After ``forward``: ``.hop_weights``, a list of ``(B, N)`` arrays, one
-    per hop; ``.weights`` is the last of them.
+    per hop; ``.weights`` is the last of them.  Set ``.linear_start = True`` to
+    train without the hop softmaxes (the paper's "linear start"; ``hop_weights``
+    then hold the raw scores), False (the default) to put them back.
     """
 
     def __init__(self, vocab_size: int, d_embed: int, n_hops: int, n_memories: int, sentence_len: int,
@@ -106,6 +112,7 @@ class MemoryNetwork(Module):
         self.l = position_encoding(self.J, d)               # (J, d)
         self.hop_weights: list[np.ndarray] = []
         self.weights = None
+        self.linear_start = False                           # True: p^k = scores, no softmax
 
     # -- sentence embedding: sum_j l_j * E[x_j] (nil words embed to zero) ---------------
     def _keep(self, ids):
@@ -120,7 +127,14 @@ class MemoryNetwork(Module):
 
     def _embed_backward(self, name, ids, keep, dout):
         contrib = dout[..., None, :] * self.l.astype(dout.dtype) * keep[..., None]   # (..., J, d): l_j * dout where kept
-        np.add.at(self.grads[name], ids.reshape(-1), contrib.reshape(-1, self.d))   # scatter-add into rows
+        # scatter-add into rows: np.add.at(grad, ids, contrib) over (n, d) rows, written on the flat
+        # element indices ids * d + k, which NumPy adds several times faster (same sums)
+        grad = self.grads[name]                                                        # (V, d)
+        if not grad.flags.c_contiguous:                                                # reshape would copy
+            np.add.at(grad, ids.reshape(-1), contrib.reshape(-1, self.d))
+            return
+        flat = (ids.reshape(-1, 1) * self.d + np.arange(self.d)).reshape(-1)          # (n * d,)
+        np.add.at(grad.reshape(-1), flat, contrib.reshape(-1))
 
     # -- forward / backward --------------------------------------------------------------
     def forward(self, story, query, mask=None) -> np.ndarray:
@@ -135,25 +149,28 @@ class MemoryNetwork(Module):
         if mask is not None:
             mask = np.broadcast_to(check_mask(mask, (B, N), "mask"), (B, N))
         keep_s, keep_q = self._keep(story), self._keep(query)
-        r = self.roles
+        r, linear = self.roles, bool(self.linear_start)
         u = self._embed(r["B"], query, keep_q)                               # (B, d) u^1
         hops, self.hop_weights = [], []
         for k in range(self.K):                                              # the hops ARE the recurrence
             m = self._embed(r["A"][k], story, keep_s) + self.params[r["T_A"][k]][:N]   # (B, N, d)
             c = self._embed(r["C"][k], story, keep_s) + self.params[r["T_C"][k]][:N]   # (B, N, d)
             scores = np.einsum("bnd,bd->bn", m, u)                          # (B, N)
-            p = softmax(scores, axis=-1, mask=mask)                          # (B, N)
+            if linear:                                                       # linear start: no softmax
+                p = scores if mask is None else np.where(mask, scores, 0.0)   # (B, N)
+            else:
+                p = softmax(scores, axis=-1, mask=mask)                      # (B, N)
             o = np.einsum("bn,bnd->bd", p, c)                                # (B, d)
             hops.append((u, m, c, p))
             u = (u @ self.params["H"] if self.tying == "layerwise" else u) + o   # (B, d) u^{k+1}
             self.hop_weights.append(p)
         self.weights = self.hop_weights[-1]                                  # (B, N) the last hop's
-        self.cache = (story, query, keep_s, keep_q, hops, u)
+        self.cache = (story, query, keep_s, keep_q, hops, u, mask, linear)
         return u @ self.params[r["W"]].T                                     # (B, d) @ (d, V) -> (B, V)
 
     def backward(self, dlogits) -> None:
         """Accumulate every parameter gradient from ``dlogits (B, V)``; ids have no gradient (returns None)."""
-        story, query, keep_s, keep_q, hops, u_last = self.cache
+        story, query, keep_s, keep_q, hops, u_last, mask, linear = self.cache
         dlogits = as_float_array(dlogits, "dlogits")
         if dlogits.shape != (story.shape[0], self.V):
             raise shape_error("dlogits", f"(B={story.shape[0]}, V={self.V})", dlogits)
@@ -168,7 +185,10 @@ class MemoryNetwork(Module):
                 du = du @ self.params["H"].T
             dp = np.einsum("bnd,bd->bn", c, do)                              # (B, N)
             dc = p[..., None] * do[:, None, :]                               # (B, N, d)
-            ds = softmax_backward(dp, p)                                     # (B, N), zero where masked
+            if linear:                                                       # p = scores (masked: 0)
+                ds = dp if mask is None else np.where(mask, dp, 0.0)         # (B, N)
+            else:
+                ds = softmax_backward(dp, p)                                 # (B, N), zero where masked
             dm = ds[..., None] * u[:, None, :]                               # (B, N, d)
             du = du + np.einsum("bn,bnd->bd", ds, m)                         # (B, d)
             self.grads[r["T_A"][k]][:N] += dm.sum(axis=0)
