@@ -176,7 +176,11 @@ def padding_mask(lengths, m: int) -> np.ndarray:
     """Boolean ``(B, 1, m)`` mask, True for the first ``lengths[b]`` keys of example ``b``.
 
     The middle axis of length 1 broadcasts over the queries of ``(B, n, m)``
-    attention weights; for per-head weights ``(B, H, n, m)`` use ``mask[:, None]``.
+    attention weights; for per-head weights ``(B, H, n, m)`` use ``mask[:, None]``
+    (``(B, 1, 1, m)``).  Against four-axis scores the ``(B, 1, m)`` mask itself is
+    refused, because broadcasting from the right would pair B with the head axis;
+    attention modules that hide their heads (``MultiHeadAttention``,
+    ``MultiHeadLatentAttention``) insert the head axis themselves.
     """
     lengths = check_int_array(lengths, "lengths", expected="(B,)")
     if lengths.ndim != 1:
