@@ -68,13 +68,14 @@ def reference(dotted_name: str):
     """The library object ``dotted_name`` (e.g. ``"attention_np.mechanisms.sparse.sparsemax"``), for check cells.
 
     Check cells reach the reference implementation through this function, never through a name that a
-    solution cell could see or replace.  While a submission is graded the grader makes the names an
-    exercise lists as ``off_limits`` unusable to student code; this function is how the check still
-    reaches them.
+    solution cell could see or replace.  While a submission is graded, the guard
+    (:mod:`attention_np.grading.guard`) makes the names an exercise lists as ``off_limits`` unusable to
+    student code; this function still returns the original object (as it was before any student code
+    ran) and refuses to serve a caller with student code on the stack.
     """
-    import importlib
-
     module_name, _, attr = str(dotted_name).rpartition(".")
-    if not module_name.startswith("attention_np"):
+    if not (module_name == "attention_np" or module_name.startswith("attention_np.")):
         raise ValueError(f"reference() takes a dotted name inside attention_np, got {dotted_name!r}")
-    return getattr(importlib.import_module(module_name), attr)
+    from . import guard
+
+    return guard.reference(dotted_name)

@@ -6,7 +6,10 @@ A *solution notebook* (``solutions/NN_slug.ipynb``) has three kinds of cells:
   between lines ``### BEGIN SOLUTION`` and ``### END SOLUTION`` (a cell may
   hold several regions, markers may be indented inside a function body);
 * check cells: code cells tagged ``check`` with metadata
-  ``{"grade": {"id": "ex3", "points": 2}}``;
+  ``{"grade": {"id": "ex3", "points": 2, "off_limits": ["attention_np.X", ...]}}``
+  (hidden from students: the release replaces them by a note);
+* self-check cells: code cells tagged ``selfcheck``, public checks copied into the
+  exercise, never graded;
 * locked cells: everything else.
 
 This module classifies cells, validates solution notebooks, and turns
@@ -26,6 +29,8 @@ import nbformat
 
 SOLUTION_TAG = "solution"
 CHECK_TAG = "check"
+SELFCHECK_TAG = "selfcheck"
+GUARD_MODULE = "attention_np.grading.guard"
 BEGIN_MARKER = "### BEGIN SOLUTION"
 END_MARKER = "### END SOLUTION"
 STUB_LINES = ("# YOUR CODE HERE", "raise NotImplementedError()")
@@ -65,6 +70,16 @@ def grade_info(cell):
     gid = grade.get("id")
     points = grade.get("points")
     return (gid if isinstance(gid, str) else None), points
+
+
+def off_limits_of(cell) -> list:
+    """The ``off_limits`` list of a check cell's grade metadata (``[]`` when missing or malformed)."""
+    meta = cell.get("metadata") if isinstance(cell, dict) else None
+    grade = meta.get("grade") if isinstance(meta, dict) else None
+    names = grade.get("off_limits") if isinstance(grade, dict) else None
+    if not isinstance(names, list):
+        return []
+    return [n for n in names if isinstance(n, str)]
 
 
 def cell_kind(cell) -> str:
@@ -261,3 +276,55 @@ def make_exercise(nb):
             cell.outputs = []
             cell.execution_count = None
     return ex
+
+
+# ------------------------------------------------------------------- the guard
+def _guard_call(func: str, arg) -> str:
+    return f"__import__({GUARD_MODULE!r}, fromlist=[{func!r}]).{func}({arg!r})"
+
+
+def _ends_with_expression(source: str) -> bool:
+    import ast
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return True
+    if not body or not isinstance(body[-1], ast.Expr):
+        return False
+    value = body[-1].value                    # print(...) displays nothing: treat as a statement
+    return not (isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "print")
+
+
+def add_guard(nb) -> list:
+    """Add the off-limits guard to a built graded notebook (in place); return static warnings.
+
+    The first code cell gets a first line installing :mod:`attention_np.grading.guard` with, per
+    exercise, its ``off_limits`` and the code-file names ipykernel will give its solution cells; each
+    check cell gets ``enter_check`` as its first line and ``leave_check`` as its last (unless it ends
+    with an expression whose value it displays, which the line would hide).  No cell is added, so nbval's cell numbers stay.
+    """
+    from .guard import cell_file_name, static_warnings
+
+    config, warnings = {}, []
+    for ex in exercises(nb):
+        check = nb.cells[ex.check_index]
+        names = off_limits_of(check)
+        sources = [cell_source(nb.cells[i]) for i in ex.solution_indices]
+        config[ex.grade_id] = {"off_limits": names, "cells": [cell_file_name(s) for s in sources]}
+        for src in sources:
+            warnings.extend(static_warnings(ex.grade_id, src, names))
+        src = cell_source(check)
+        new = _guard_call("enter_check", ex.grade_id) + "\n" + src
+        if not _ends_with_expression(src):
+            new = new.rstrip("\n") + "\n" + _guard_call("leave_check", ex.grade_id)
+        check.source = new
+    install = _guard_call("install", config)
+    first = next((i for i, c in enumerate(nb.cells) if c.get("cell_type") == "code"), None)
+    if first is not None and cell_kind(nb.cells[first]) == "locked":
+        nb.cells[first].source = install + "\n" + cell_source(nb.cells[first])
+    else:
+        cell = nbformat.v4.new_code_cell(install)
+        cell["id"] = "grading-guard"
+        cell.metadata["tags"] = ["nbval-ignore-output"]
+        nb.cells.insert(0, cell)
+    return warnings
