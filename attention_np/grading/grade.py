@@ -49,6 +49,7 @@ import nbformat
 from .checks import SEED_ENV, grading_seed
 from .notebook import (
     NotebookError,
+    add_guard,
     cell_kind,
     cell_source,
     cell_tags,
@@ -290,6 +291,7 @@ def build_graded(solution, cells):
         more = "" if len(extra) <= 5 else f" and {len(extra) - 5} more"
         warnings.append(f"{len(extra)} extra code cell(s) added to the notebook were not run: {names}{more} "
                         "(code a solution needs belongs inside its solution cell)")
+    warnings.extend(add_guard(nb))     # off-limits guard and check prologues (grading.notebook / grading.guard)
     return nb, warnings
 
 
