@@ -298,3 +298,16 @@ def test_relative_tables_are_shared_beyond_max_distance():
     assert np.all(np.abs(layer.grads["w_V"]) > 0)           # every clipped distance is used
     with pytest.raises(ValueError, match=r"x must have shape \(B, n, d_model=4\)"):
         layer.forward(np.zeros((1, 5, 3)))
+
+
+def test_alibi_slopes_follow_the_released_rule_for_every_head_count():
+    """Power of two: 2^(-8h/H).  Otherwise: the largest power of two P < H, then every other slope of 2P heads."""
+    def released(H):                       # written from the rule, independently of the library's vectorised form
+        P = 2 ** int(math.floor(math.log2(H)))
+        geo = lambda n: [2.0 ** (-8.0 * h / n) for h in range(1, n + 1)]
+        return geo(P) + geo(2 * P)[0::2][: H - P]
+    for H in (1, 2, 3, 5, 6, 8, 12, 16, 20, 24):
+        np.testing.assert_allclose(alibi_slopes(H), released(H), rtol=0, atol=0, err_msg=f"H = {H}")
+    np.testing.assert_allclose(alibi_slopes(6), [0.25, 0.0625, 0.015625, 0.00390625, 0.5, 0.125])
+    np.testing.assert_allclose(alibi_slopes(12)[:3], [0.5, 0.25, 0.125])
+    np.testing.assert_allclose(alibi_slopes(12)[8:], 2.0 ** -np.array([0.5, 1.5, 2.5, 3.5]))

@@ -146,12 +146,24 @@ def rope_backward(dy, positions=None, base: float = 10000.0, interleaved: bool =
 
 # ---------------------------------------------------------------- ALiBi
 def alibi_slopes(n_heads: int) -> np.ndarray:
-    """Head slopes ``m_h = 2^(-8h/H)``, ``h = 1..H`` (8 heads: 1/2, 1/4, ..., 1/256).
+    """ALiBi's fixed head slopes, shape ``(H,)``, by the rule of Press et al.'s released code.
 
-    The formula is used for every ``H`` (the paper states it for powers of two).
+    For ``H`` a power of two the slopes are the geometric sequence
+    ``m_h = 2^(-8h/H)``, ``h = 1..H`` (8 heads: 1/2, 1/4, ..., 1/256), as the paper
+    states.  For other ``H`` the authors' code (and the models trained with it)
+    takes the ``P`` slopes of the largest power of two ``P < H`` and then fills
+    the remaining ``H - P`` heads with every other slope of ``2P`` heads (the
+    1st, 3rd, 5th, ...): ``H = 6`` gives 1/4, 1/16, 1/64, 1/256, then 1/2, 1/8;
+    ``H = 12`` starts 1/2, 1/4, 1/8.  Using ``2^(-8h/H)`` for every ``H`` would
+    give other biases than such a model was trained with.
     """
     n_heads = _positive_int(n_heads, "n_heads")
-    return 2.0 ** (-8.0 * np.arange(1, n_heads + 1) / n_heads)  # (H,)
+    power = 1 << (n_heads.bit_length() - 1)                        # largest power of two <= H
+    base = 2.0 ** (-8.0 * np.arange(1, power + 1) / power)        # (P,) the power-of-two sequence
+    if power == n_heads:
+        return base
+    extra = 2.0 ** (-8.0 * np.arange(1, 2 * power + 1, 2) / (2 * power))   # odd-numbered slopes of 2P heads
+    return np.concatenate([base, extra[: n_heads - power]])       # (H,)
 
 
 def alibi_bias(n_heads: int, n: int, m: int | None = None) -> np.ndarray:
