@@ -1,7 +1,9 @@
 """Grade exercise notebooks against the solutions with ``pytest --nbval``.
 
 ``python -m attention_np.grade SUBMISSION.ipynb [...] [--solutions DIR] [--jobs N]
-[--cell-timeout S] [--timeout S] [--csv FILE] [--json FILE] [--seed N]``
+[--cell-timeout S] [--timeout S] [--memory-limit 4G] [--no-isolation] [--shard K/N]
+[--csv FILE [--format detail|canvas|moodle]] [--json FILE] [--summary-png PNG] [--seed N]``
+and ``python -m attention_np.grade --merge PART.csv ... --csv ALL.csv``
 
 nbval compares a notebook's re-run outputs with the outputs stored in the same
 file, so a submission is never run as it is. For each submission the grader
@@ -21,15 +23,20 @@ file, so a submission is never run as it is. For each submission the grader
 5. maps each check cell (``file.ipynb::Cell N``, N counting code cells from 0) to
    its exercise: points, and the first line of the failure.
 
-The submission file is only read. Exit code 0 when grading ran, whatever the
-scores; 2 when the grader could not run (no solutions folder, no submission found).
-Student code is NOT sandboxed: grade in a container or a throwaway account.
+Each run is isolated (:mod:`.isolation`: bubblewrap or ``unshare``, a memory limit); a failure
+outside the student's code (no result, the kernel did not start, a locked cell failing before
+any answer ran) is retried once and then reported as ``not graded: <reason>``, never as a 0.
+Reporting (tables, per-student lines, gradebooks, the class picture) is in :mod:`.report`,
+``--shard``/``--merge`` in :mod:`.shard`, student names and LMS layouts in :mod:`.names`.
+
+The submission file is only read. Exit code 0 when grading ran, whatever the scores; 2 when
+the grader could not run (no solutions folder, no submission found, an invalid solution
+notebook: nothing is graded then).
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import os
 import re
@@ -41,11 +48,13 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import nbformat
 
+from . import isolation, report, shard
+from .report import ExerciseResult, Report, fmt_points  # noqa: F401 - re-exported for callers
+from .names import identify, student_name
 from .checks import SEED_ENV, grading_seed
 from .notebook import (
     NotebookError,
@@ -75,37 +84,6 @@ class SubmissionError(Exception):
     """The submission cannot be read as a notebook; the message is the verdict."""
 
 
-# ----------------------------------------------------------------------------- results
-@dataclass
-class ExerciseResult:
-    id: str
-    points: float
-    max_points: float
-    status: str          # pass / fail / timeout / kernel died / not reached
-    reason: str = ""
-
-
-@dataclass
-class Report:
-    file: str
-    student: str
-    notebook: str | None = None
-    status: str = "graded"
-    exercises: list = field(default_factory=list)
-    total: float = 0.0
-    max_points: float = 0.0
-    warnings: list = field(default_factory=list)
-    seconds: float = 0.0
-    seed: int | None = None
-
-    def as_dict(self):
-        return asdict(self)
-
-
-def fmt_points(x) -> str:
-    return f"{x:g}" if isinstance(x, (int, float)) else ""
-
-
 # -------------------------------------------------------------------------- solutions
 def default_solutions_dir() -> Path | None:
     """``solutions/`` in the current folder, else the repository's ``solutions/`` beside the package."""
@@ -132,6 +110,10 @@ class Solutions:
                 except NotebookError as exc:
                     self._cache[name] = (None, str(exc).splitlines()[0])
             return self._cache[name]
+
+    def broken(self, names) -> list:
+        """``[(name, first line of the error)]`` for the named solutions that do not load."""
+        return [(n, self.get(n)[1]) for n in sorted(names) if self.get(n)[0] is None]
 
     def cell_ids(self, name):
         with self._lock:
@@ -163,17 +145,6 @@ class Solutions:
         if scored and scored[0][0] >= 0.8 and (len(scored) == 1 or scored[1][0] < scored[0][0]):
             return scored[0][1]
         return None
-
-
-def student_name(path: Path, notebook: str | None) -> str:
-    """The student: extra text in the file name (``alice_02_x.ipynb``), else the parent folder's name."""
-    stem = path.stem
-    if notebook and notebook in stem and stem != notebook:
-        rest = stem.replace(notebook, " ").strip(" _-.()")
-        if rest:
-            return rest
-    parent = path.resolve().parent.name
-    return parent or stem
 
 
 # ------------------------------------------------------------------------- submissions
@@ -332,12 +303,16 @@ def kill_active_runs():
     for pid, (proc, log) in active:
         _kill_group(pid)
         proc.kill()
-        for kernel in _kernel_pids(log):
+        for kernel in (_kernel_pids(log) if log is not None else []):
             _kill_group(kernel)
 
 
-def run_nbval(nb_path: Path, workdir: Path, cell_timeout: float, timeout: float, seed):
-    """Run nbval on a built notebook; ``(results by code-cell number, killed, exit code, output tail)``."""
+def run_nbval(nb_path: Path, workdir: Path, cell_timeout: float, timeout: float, seed, sandbox=None):
+    """Run nbval on a built notebook; ``(results by code-cell number, killed, exit code, output tail)``.
+
+    With an isolating ``sandbox`` the whole run (pytest, nbval, the kernel, anything the student's
+    code starts) lives in its own namespaces and dies with it; see :mod:`.isolation`."""
+    sandbox = sandbox or isolation.Sandbox("none", None)
     ini = workdir / "pytest.ini"
     ini.write_text("[pytest]\n", encoding="utf-8")
     sanitize = workdir / "sanitize.cfg"
@@ -350,12 +325,13 @@ def run_nbval(nb_path: Path, workdir: Path, cell_timeout: float, timeout: float,
            "--nbval", "--nbval-current-env", "--nbval-cell-timeout", f"{cell_timeout:g}",
            "--nbval-sanitize-with", str(sanitize), "--color=no", "--junitxml", str(junit),
            "--grade-log", str(log), "-q", "--tb=no", "-p", "no:warnings"]
+    cmd, env = sandbox.wrap(cmd, workdir, _kernel_env(seed))
     killed = False
     with open(out, "wb") as out_f:
-        proc = subprocess.Popen(cmd, cwd=workdir, env=_kernel_env(seed), stdin=subprocess.DEVNULL,
-                                stdout=out_f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out_f,
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=sandbox.preexec())
         with _ACTIVE_LOCK:
-            _ACTIVE[proc.pid] = (proc, log)
+            _ACTIVE[proc.pid] = (proc, log if not sandbox.isolated else None)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -367,8 +343,9 @@ def run_nbval(nb_path: Path, workdir: Path, cell_timeout: float, timeout: float,
             _kill_group(proc.pid)     # anything the run left behind in its group
             with _ACTIVE_LOCK:
                 _ACTIVE.pop(proc.pid, None)
-    for kernel in _kernel_pids(log):
-        _kill_group(kernel)           # the kernel runs in its own session (jupyter_client)
+    if not sandbox.isolated:              # inside a PID namespace these pids are not the host's
+        for kernel in _kernel_pids(log):
+            _kill_group(kernel)           # the kernel runs in its own session (jupyter_client)
     records = _read_log(log)
     # The plugin's log decides (the cell's own run; a setup failure when it never ran); the
     # junit report fills in any cell the log lacks.
@@ -429,13 +406,39 @@ def _read_junit(path: Path):
 
 
 # ------------------------------------------------------------------------------ scoring
-def score(nb, results, killed: bool, timeout: float):
-    """Exercise results from per-cell results of the built notebook."""
-    code_number, n = {}, 0
+def _code_numbers(nb) -> dict:
+    """notebook cell index -> nbval's code-cell number."""
+    numbers, n = {}, 0
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
-            code_number[i] = n
+            numbers[i] = n
             n += 1
+    return numbers
+
+
+def syntax_message(source: str) -> str | None:
+    """``line 3: '(' was never closed`` for a solution cell Python cannot compile, else None."""
+    try:
+        compile(source, "<solution cell>", "exec")
+    except SyntaxError as exc:
+        return f"line {exc.lineno}: {exc.msg}" if exc.lineno else exc.msg
+    except (ValueError, OverflowError):
+        return None
+    return None
+
+
+def _explain(kind: str, reason: str, memory_limit) -> str:
+    """Reasons that name the grader's limits: a MemoryError under the memory limit says so."""
+    if memory_limit and reason.startswith("MemoryError"):
+        return f"memory limit: the code needed more than {isolation.format_size(memory_limit)} ({reason})"
+    if memory_limit and kind == "kernel died":
+        return f"{reason}; possibly the memory limit of {isolation.format_size(memory_limit)}"
+    return reason
+
+
+def score(nb, results, killed: bool, timeout: float, memory_limit=None):
+    """Exercise results from per-cell results of the built notebook."""
+    code_number = _code_numbers(nb)
 
     def cell_result(i):
         return results.get(code_number.get(i))
@@ -452,47 +455,94 @@ def score(nb, results, killed: bool, timeout: float):
             reason = f"not reached: the overall time limit of {timeout:g} s was exceeded" if killed else "not reached"
             rows.append(ExerciseResult(ex.grade_id, 0, ex.points, "not reached", reason))
             continue
+        note = res.get("note", "") or ""
         if res.get("outcome") == "passed":
-            rows.append(ExerciseResult(ex.grade_id, ex.points, ex.points, "pass", ""))
+            rows.append(ExerciseResult(ex.grade_id, ex.points, ex.points, "pass", "", note))
             continue
         kind, reason = res.get("kind", "error"), res.get("reason", "") or "failed"
         stopped = [r for r in own_failures if r.get("kind") in ("timeout", "kernel died")]
-        raised = [r for r in own_failures if r.get("kind") == "error"
-                  and r.get("cell") in {code_number[i] for i in ex.solution_indices}]
+        raised = [(i, cell_result(i)) for i in ex.solution_indices
+                  if cell_result(i) is not None and cell_result(i).get("outcome") == "failed"
+                  and cell_result(i).get("kind") == "error"]
         if kind == "not reached" and stopped:
             kind, reason = stopped[0]["kind"], stopped[0]["reason"] + " (in a cell before the check)"
         elif kind == "error" and raised:
-            reason = f"{raised[0]['reason']} (raised in the solution cell)"
+            i, failed = raised[0]
+            syntax = syntax_message(cell_source(nb.cells[i])) if failed["reason"].startswith(
+                ("SyntaxError", "IndentationError", "TabError")) else None
+            reason = (f"SyntaxError in the solution cell, {syntax}" if syntax
+                      else f"{failed['reason']} (raised in the solution cell)")
+        reason = _explain(kind, reason, memory_limit)
         status = kind if kind in ("timeout", "kernel died", "not reached") else "fail"
-        rows.append(ExerciseResult(ex.grade_id, 0, ex.points, status, reason))
+        rows.append(ExerciseResult(ex.grade_id, 0, ex.points, status, reason, note))
     return rows
 
 
 def _locked_failure_warnings(nb, results) -> list:
-    warnings, n = [], 0
-    for cell in nb.cells:
-        if cell.cell_type != "code":
+    """Failed locked cells: one line each, except knock-on failures after a failed answer, which are
+    collapsed into one line (a NameError because the student's function is missing tells nothing new)."""
+    warnings, knock_on, answer_failed = [], [], False
+    code_number = _code_numbers(nb)
+    for i, cell in enumerate(nb.cells):
+        if i not in code_number:
             continue
-        res = results.get(n)
-        n += 1
-        if cell_kind(cell) == "locked" and res is not None and res.get("outcome") == "failed" \
-                and res.get("kind") != "not reached" \
+        res = results.get(code_number[i])
+        failed = res is not None and res.get("outcome") == "failed"
+        if cell_kind(cell) == "solution" and failed:
+            answer_failed = True
+        if cell_kind(cell) == "locked" and failed and res.get("kind") != "not reached" \
                 and not res.get("reason", "").startswith("NotImplementedError"):  # an unanswered exercise
-            warnings.append(f"locked cell {cell.get('id')!r} failed: {res.get('reason', '')}")
+            line = f"locked cell {cell.get('id')!r} failed: {res.get('reason', '')}"
+            (knock_on if answer_failed else warnings).append(line)
+    if len(knock_on) == 1:
+        warnings.append(knock_on[0] + " (after a failed answer)")
+    elif knock_on:
+        warnings.append(f"{len(knock_on)} locked cells failed after a failed answer (first: "
+                        f"{knock_on[0].removeprefix('locked cell ')})")
     return warnings[:3]
 
 
+def grader_failure(nb, results, killed: bool, code) -> str | None:
+    """Why a run failed outside the student's code, or None: no result at all, the kernel or
+    notebook did not start, nbval/pytest/the plugin failed (exit code 3/4), or a locked cell
+    failed before any student cell ran (the solution never fails there)."""
+    if killed:
+        return None
+    if not results:
+        return f"nbval produced no results (exit code {code})"
+    if code in (3, 4):
+        return f"pytest/nbval internal error (exit code {code})"
+    code_number = _code_numbers(nb)
+    for i, cell in enumerate(nb.cells):
+        if i not in code_number:
+            continue
+        res = results.get(code_number[i])
+        if res is not None and res.get("reason", "").startswith("the notebook could not be started"):
+            return res["reason"]
+        if cell_kind(cell) == "solution":
+            return None
+        if res is None:
+            return f"cell {cell.get('id')!r} before the first answer has no result"
+        if res.get("outcome") == "failed":
+            return f"locked cell {cell.get('id')!r} failed before any answer ran: {res.get('reason', '')}"
+    return None
+
+
 # ------------------------------------------------------------------------------ grading
-def grade_one(path, solutions: Solutions, cell_timeout=DEFAULT_CELL_TIMEOUT, timeout=DEFAULT_TIMEOUT, seed=None):
+def grade_one(path, solutions: Solutions, cell_timeout=DEFAULT_CELL_TIMEOUT, timeout=DEFAULT_TIMEOUT, seed=None,
+              sandbox=None, retries=1):
     """Grade one submission; never raises for anything the submission contains."""
     path = Path(path)
     start = time.monotonic()
     report = Report(file=str(path), student=student_name(path, None),
                     seed=seed if seed is not None else _safe_seed())
     try:
-        return _grade_one(path, solutions, cell_timeout, timeout, seed, report)
+        return _grade_one(path, solutions, cell_timeout, timeout, seed, report, sandbox, retries)
     except Exception as exc:  # noqa: BLE001 - one broken submission must not stop a batch
-        report.status = f"error: the grader failed on this file: {type(exc).__name__}: {exc}"
+        report.status = f"not graded: the grader failed on this file: {type(exc).__name__}: {exc}"
+        for e in report.exercises:
+            e.points, e.status, e.reason = 0, "not graded", report.status
+        report.total = 0
         return report
     finally:
         report.seconds = round(time.monotonic() - start, 2)
@@ -505,7 +555,7 @@ def _safe_seed():
         return None
 
 
-def _grade_one(path, solutions, cell_timeout, timeout, seed, report):
+def _grade_one(path, solutions, cell_timeout, timeout, seed, report, sandbox, retries):
     if not path.is_file():
         report.status = "invalid: file not found"
         return report
@@ -515,7 +565,8 @@ def _grade_one(path, solutions, cell_timeout, timeout, seed, report):
         cells, problem = None, str(exc)
     name = solutions.match(path, cells or [])
     report.notebook = name
-    report.student = student_name(path, name)
+    who = identify(path, name)
+    report.student, report.lms, report.lms_id, report.late = who.student, who.lms, who.lms_id, who.late
     solution, error = solutions.get(name) if name else (None, None)
     if solution is not None:
         report.exercises = [ExerciseResult(e.grade_id, 0, e.points, "not graded", "")
@@ -529,22 +580,35 @@ def _grade_one(path, solutions, cell_timeout, timeout, seed, report):
                          f"{path.name!r} by name or by cell ids")
         return report
     if solution is None:
-        report.status = f"error: the solution notebook is invalid: {error}"
+        report.status = f"not graded: the solution notebook is invalid: {error}"
         return report
 
+    sandbox = sandbox or isolation.Sandbox("none", None)
     graded, report.warnings = build_graded(solution, cells)
-    with tempfile.TemporaryDirectory(prefix="attention_np_grade_", ignore_cleanup_errors=True) as tmp:
-        workdir = Path(tmp)
-        nb_path = workdir / f"{name}.ipynb"
-        nbformat.write(graded, str(nb_path))
-        results, killed, code, tail = run_nbval(nb_path, workdir, cell_timeout, timeout, seed)
+    failure = None
+    for attempt in range(1 + max(0, retries)):
+        with tempfile.TemporaryDirectory(prefix="attention_np_grade_", ignore_cleanup_errors=True) as tmp:
+            workdir = Path(tmp)
+            nb_path = workdir / f"{name}.ipynb"
+            nbformat.write(graded, str(nb_path))
+            results, killed, code, tail = run_nbval(nb_path, workdir, cell_timeout, timeout, seed, sandbox)
+        failure = grader_failure(graded, results, killed, code)
+        if failure is None:
+            break
+        if tail and failure.startswith("nbval produced no results"):
+            failure += f": {tail}"
+        report.attempts = attempt + 2 if attempt < retries else attempt + 1
+    if failure is not None:              # twice outside the student's code: not the student's zero
+        report.status = f"not graded: {failure}"
+        for e in report.exercises:
+            e.points, e.status, e.reason = 0, "not graded", failure
+        return report
     if not results:
-        report.status = (f"error: nbval produced no results (exit code {code}): {tail}" if not killed
-                         else f"time limit: the overall limit of {timeout:g} s was exceeded before any cell ran")
+        report.status = f"time limit: the overall limit of {timeout:g} s was exceeded before any cell ran"
         for e in report.exercises:
             e.status, e.reason = "not reached", report.status
         return report
-    report.exercises = score(graded, results, killed, timeout)
+    report.exercises = score(graded, results, killed, timeout, sandbox.memory_limit)
     report.total = sum(e.points for e in report.exercises)
     report.warnings += _locked_failure_warnings(graded, results)
     if killed:
@@ -552,62 +616,23 @@ def _grade_one(path, solutions, cell_timeout, timeout, seed, report):
     return report
 
 
-# ------------------------------------------------------------------------------- output
-def format_report(r: Report) -> str:
-    head = f"{r.file}  (student: {r.student}"
-    head += f", notebook: {r.notebook})" if r.notebook else ")"
-    lines = [head]
-    if r.status != "graded":
-        lines.append(f"  status: {r.status}")
-    width = max([len(e.id) for e in r.exercises] + [5])
-    for e in r.exercises:
-        pts = f"{fmt_points(e.points)}/{fmt_points(e.max_points)}"
-        lines.append(f"  {e.id:<{width}}  {pts:>7}  {e.status:<12} {e.reason}".rstrip())
-    if r.exercises:
-        lines.append(f"  {'total':<{width}}  {fmt_points(r.total) + '/' + fmt_points(r.max_points):>7}")
-    for w in r.warnings:
-        lines.append(f"  warning: {w}")
-    return "\n".join(lines)
-
-
-def write_csv(reports, path):
-    ids = []
-    for r in reports:
-        for e in r.exercises:
-            if e.id not in ids:
-                ids.append(e.id)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["student", "notebook", *ids, "total", "max", "status", "file"])
-        for r in reports:
-            pts = {e.id: fmt_points(e.points) for e in r.exercises}
-            w.writerow([r.student, r.notebook or "", *(pts.get(i, "") for i in ids),
-                        fmt_points(r.total) if r.exercises else "", fmt_points(r.max_points) if r.exercises else "",
-                        r.status, r.file])
-
-
-def write_json(reports, path, solutions_dir):
-    data = {"solutions": str(solutions_dir), "submissions": [r.as_dict() for r in reports]}
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-
-
+# ------------------------------------------------------------------------------- command
 def _expand(paths):
     files = []
     for p in map(Path, paths):
         if p.is_dir():
-            files.extend(q for q in sorted(p.rglob("*.ipynb")) if ".ipynb_checkpoints" not in q.parts)
+            files.extend(q for q in p.rglob("*.ipynb") if ".ipynb_checkpoints" not in q.parts)
         else:
             files.append(p)
-    return files
+    return sorted(dict.fromkeys(files), key=shard.sort_key)
 
 
-def main(argv=None) -> int:
+def _parser():
     parser = argparse.ArgumentParser(
         prog="python -m attention_np.grade",
-        description="Grade exercise notebooks against the solutions (student code is not sandboxed).")
-    parser.add_argument("submissions", nargs="+", help="submission notebooks (or folders of them)")
+        description="Grade exercise notebooks against the solutions, each submission isolated "
+                    "(bubblewrap or unshare on Linux; see the README's threat model).")
+    parser.add_argument("submissions", nargs="*", help="submission notebooks (or folders of them)")
     parser.add_argument("--solutions", default=None,
                         help="solutions folder (default: ./solutions, else the repository's solutions/)")
     parser.add_argument("--jobs", "-j", type=int, default=1, help="submissions graded in parallel (default 1)")
@@ -615,11 +640,74 @@ def main(argv=None) -> int:
                         help=f"seconds per cell (default {DEFAULT_CELL_TIMEOUT:g})")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help=f"seconds per submission in all (default {DEFAULT_TIMEOUT:g})")
-    parser.add_argument("--csv", help="write a gradebook: one row per submission")
+    parser.add_argument("--memory-limit", default="4G",
+                        help="memory per process of a submission, e.g. 4G, 512M, 0 for none (default 4G)")
+    parser.add_argument("--no-isolation", action="store_true",
+                        help="run student code with the grader's own rights (not recommended)")
+    parser.add_argument("--shard", default=None, metavar="K/N",
+                        help="grade only the K-th of N interleaved shares of the sorted submission list")
+    parser.add_argument("--merge", nargs="+", metavar="PART", default=None,
+                        help="join the --csv (or --json) files of shards instead of grading")
+    parser.add_argument("--csv", help="write a gradebook: one row per submission (or --format's import file)")
+    parser.add_argument("--format", choices=["detail", "canvas", "moodle"], default="detail",
+                        help="--csv layout: per-exercise detail (default), or Canvas's / Moodle's import file")
     parser.add_argument("--json", help="write the full report as JSON")
+    parser.add_argument("--summary-png", metavar="PATH", help="draw the per-exercise score distribution")
     parser.add_argument("--seed", type=int, default=None,
                         help=f"seed for the check inputs (sets ${SEED_ENV}; default: the fixed default seed)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _write_outputs(args, reports, solutions_dir) -> None:
+    if args.csv:
+        if args.format == "detail":
+            report.write_csv(reports, args.csv)
+        else:
+            for w in report.write_lms(reports, args.csv, args.format):
+                print(f"warning: {w}")
+        print(f"wrote {args.csv}")
+    if args.json:
+        report.write_json(reports, args.json, solutions_dir)
+        print(f"wrote {args.json}")
+    if args.summary_png:
+        report.summary_png(reports, args.summary_png)
+        print(f"wrote {args.summary_png}")
+
+
+def _print_summary(reports) -> None:
+    for r in reports:
+        print(report.format_report(r))
+        print()
+    lines = report.student_lines(reports)
+    if len(reports) > 1 and lines:
+        print("per student:")
+        for line in lines:
+            print(f"  {line}")
+        print()
+    if len(reports) > 1:
+        print(report.closing_line(reports))
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.merge:
+        try:
+            reports = shard.merge(args.merge)
+        except (OSError, ValueError) as exc:
+            print(f"error: cannot merge: {exc}", file=sys.stderr)
+            return 2
+        _print_summary(reports)
+        _write_outputs(args, reports, args.solutions or "")
+        return 0
+    if not args.submissions:
+        print("error: no submission given (or use --merge PART ...)", file=sys.stderr)
+        return 2
+    try:
+        memory_limit = isolation.parse_size(args.memory_limit)
+        part = shard.parse_shard(args.shard) if args.shard else None
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     folder = Path(args.solutions) if args.solutions else default_solutions_dir()
     if folder is None or not folder.is_dir():
@@ -640,18 +728,31 @@ def main(argv=None) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    if part:
+        files = shard.select(files, *part)
+        print(f"shard {part[0]}/{part[1]}: {len(files)} submission(s)")
+    # Nothing can be graded against a broken solution: say so before running anyone's code.
+    broken = solutions.broken({solutions.match(f, []) for f in files} - {None})
+    if broken:
+        for name, error in broken:
+            print(f"error: the solution notebook {name}.ipynb is invalid: {error}", file=sys.stderr)
+        print("nothing graded: fix the solution notebook(s) first", file=sys.stderr)
+        return 2
+
+    sandbox = isolation.detect(not args.no_isolation, memory_limit)
+    sandbox.hidden = [folder, *{f.resolve().parent for f in files}]
+    sandbox.readonly = [folder, *{f.resolve().parent for f in files}]
+    print(sandbox.describe(), flush=True)
 
     several = len(files) > 1
     done, lock = [0], threading.Lock()
 
     def job(path):
-        r = grade_one(path, solutions, args.cell_timeout, args.timeout, args.seed)
+        r = grade_one(path, solutions, args.cell_timeout, args.timeout, args.seed, sandbox)
         if several:
             with lock:
                 done[0] += 1
-                score_txt = (f"{fmt_points(r.total)}/{fmt_points(r.max_points)}" if r.exercises else "-")
-                extra = "" if r.status == "graded" else f"  [{r.status}]"
-                print(f"[{done[0]}/{len(files)}] {r.file}: {score_txt} ({r.seconds:.1f} s){extra}", flush=True)
+                print(report.progress_line(r, done[0], len(files)), flush=True)
         return r
 
     pool = ThreadPoolExecutor(max_workers=max(1, args.jobs))
@@ -666,18 +767,8 @@ def main(argv=None) -> int:
 
     if several:
         print()
-    for r in reports:
-        print(format_report(r))
-        print()
-    if several:
-        graded = sum(r.status == "graded" for r in reports)
-        print(f"{len(reports)} submission(s): {graded} graded fully, {len(reports) - graded} with problems")
-    if args.csv:
-        write_csv(reports, args.csv)
-        print(f"wrote {args.csv}")
-    if args.json:
-        write_json(reports, args.json, folder)
-        print(f"wrote {args.json}")
+    _print_summary(reports)
+    _write_outputs(args, reports, folder)
     return 0
 
 
