@@ -26,8 +26,58 @@ from typing import Iterator
 import numpy as np
 
 
+def _float_dtype(values):
+    """The floating dtype of the array arguments (NumPy promotion), or None if there are none."""
+    dtypes = [v.dtype for v in values if isinstance(v, np.ndarray) and v.dtype.kind == "f"]
+    return np.result_type(*dtypes) if dtypes else None
+
+
+def _narrow(result, dtype):
+    """Cast floating arrays in ``result`` (an array or a tuple/list of them) down to ``dtype``."""
+    if isinstance(result, np.ndarray):
+        if result.dtype.kind == "f" and result.dtype.itemsize > dtype.itemsize:
+            return result.astype(dtype)
+        return result
+    if isinstance(result, (tuple, list)):
+        return type(result)(_narrow(r, dtype) for r in result)
+    return result
+
+
+def _keeps_input_dtype(method, is_forward):
+    """Wrap ``forward``/``backward`` so that float32 in gives float32 out (see :class:`Module`)."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if is_forward:
+            dtype = _float_dtype(list(args) + list(kwargs.values()))
+            self._io_dtype = dtype
+        else:
+            dtype = getattr(self, "_io_dtype", None)
+        result = method(self, *args, **kwargs)
+        return result if dtype is None else _narrow(result, dtype)
+
+    wrapper._keeps_input_dtype = True
+    return wrapper
+
+
 class Module:
-    """Base class for every layer with parameters (and for containers of layers)."""
+    """Base class for every layer with parameters (and for containers of layers).
+
+    **Dtypes.** Parameters are float64 unless converted with :meth:`astype`. A
+    module returns the floating dtype of its inputs: float32 in, float32 out (the
+    computation runs at the parameters' precision and the result is cast down, the
+    way master weights are kept in float64). ``backward`` returns input gradients
+    in the dtype of the matching forward's inputs; parameter gradients stay in the
+    parameters' dtype.  Every subclass gets this from ``__init_subclass__``.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name, is_forward in (("forward", True), ("backward", False)):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_keeps_input_dtype", False):
+                setattr(cls, name, _keeps_input_dtype(method, is_forward))
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
