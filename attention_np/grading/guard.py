@@ -11,12 +11,13 @@ to write (``"off_limits": ["attention_np.mechanisms.sparse.sparsemax", ...]``). 
   and ``sys.modules`` all reach the proxy;
 * each check cell starts with :func:`enter_check` and ends with :func:`leave_check`.
 
-A proxy looks at who called it.  It walks the call stack from its caller, skipping code that is
-neither library nor notebook code (numpy, functools, ``exec``'d strings, ...); the first decisive
-frame wins: a solution cell of exercise E (ipykernel names a cell's code file after a hash of its
-source, so the grader knows the solution cells' file names) makes the call a violation when the
-object is off limits for E; library code or a locked/check cell makes it legitimate (so building
-blocks that call an off-limits object internally stay usable, and so does the check's reference).
+A proxy looks at who called it: the nearest notebook cell on the call stack decides (library code,
+numpy, functools and ``exec``'d strings in between are transparent).  A solution cell of exercise E
+(ipykernel names a cell's code file after a hash of its source, so the grader knows the solution
+cells' file names) makes the call a violation when the object is off limits for E; a locked or
+check cell makes it legitimate (so the check's reference works, and other exercises may use the
+object as a building block).  Library building blocks that are not listed stay usable; a listed
+object is off limits however the answer reaches it, also through a library function that calls it.
 A violation is recorded for E and raises :class:`OffLimitsError`; catching it does not help, because
 ``enter_check``/``leave_check`` fail E with the recorded reason.
 
@@ -76,21 +77,31 @@ def short_name(dotted: str) -> str:
     return str(dotted).rpartition(".")[2]
 
 
-def resolve(dotted: str):
-    """The object named by a dotted name inside attention_np (``module.attr`` or ``module.Class``)."""
+def _locate(dotted: str):
+    """``(owner, attribute name, object)`` for a dotted name: a module attribute or a class attribute."""
     dotted = str(dotted)
     if not (dotted == "attention_np" or dotted.startswith("attention_np.")):
         raise ValueError(f"{dotted!r} is not a name inside attention_np")
-    module_name, _, attr = dotted.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        raise ValueError(f"{dotted!r}: module {module_name!r} cannot be imported") from None
-    if not hasattr(module, attr):
-        raise ValueError(f"{dotted!r}: module {module_name!r} has no attribute {attr!r}")
-    obj = getattr(module, attr)
-    if not callable(obj):
-        raise ValueError(f"{dotted!r} is not a function or class")
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            owner = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for depth, attr in enumerate(parts[cut:]):
+            if not hasattr(owner, attr):
+                raise ValueError(f"{dotted!r}: {'.'.join(parts[:cut + depth])} has no attribute {attr!r}")
+            if depth == len(parts) - cut - 1:
+                return owner, attr, getattr(owner, attr)
+            owner = getattr(owner, attr)
+    raise ValueError(f"{dotted!r}: no importable attention_np module in this name")
+
+
+def resolve(dotted: str, callable_only: bool = False):
+    """The object named by a dotted name inside attention_np (``module.attr``, ``module.Class[.method]``)."""
+    obj = _locate(dotted)[2]
+    if callable_only and not callable(obj):
+        raise ValueError(f"{dotted!r} is not a function, class or method")
     return obj
 
 
@@ -109,29 +120,32 @@ class _State:
         self.originals = {}                 # dotted name -> original object
         for names in self.off_limits.values():
             for dotted in names:
-                self.originals[dotted] = resolve(dotted)
+                self.originals[dotted] = resolve(dotted, callable_only=True)
         self.modules = {name: dict(vars(mod)) for name, mod in list(sys.modules.items())
                         if mod is not None and (name == "attention_np" or name.startswith("attention_np."))}
         self.protected = self._protected_snapshot()
 
     # -- frames
     def classify(self, code):
-        """("student", [gids]) for a solution cell, "trusted" for library/locked/check cells, else None."""
+        """("student", [gids]) for a solution cell's code, "cell" for another cell's, else None."""
         filename = code.co_filename or ""
         base = os.path.basename(filename)
         parent = os.path.basename(os.path.dirname(filename))
         if parent.startswith("ipykernel_") and base.endswith(".py"):
             gids = self.cell_gids.get(base)
-            return ("student", gids) if gids else "trusted"
-        if os.path.abspath(filename).startswith(self.lib_dir):
-            return "trusted"
+            return ("student", gids) if gids else "cell"
         return None
 
     def caller(self, frame):
-        """The exercises whose solution cell decides this call, or None when library/cell code does."""
+        """The exercises whose solution cell makes this call, or None when a locked/check cell does.
+
+        The nearest notebook cell on the stack decides; library code, numpy, functools and
+        ``exec``'d strings in between are transparent (so ``layer(x)`` reaching an off-limits
+        ``forward`` through the library's ``Module.__call__`` is still the student's call).
+        """
         while frame is not None:
             kind = self.classify(frame.f_code)
-            if kind == "trusted":
+            if kind == "cell":
                 return None
             if kind is not None:
                 return kind[1]
@@ -243,15 +257,22 @@ def install(config) -> None:
     if _STATE is not None:
         return
     import attention_np  # noqa: F401 - loads the package and its re-exports
-    for names in (spec.get("off_limits", []) for spec in config.values()):
-        for dotted in names:
-            importlib.import_module(str(dotted).rpartition(".")[0])
     state = _State(config)
     for dotted, original in state.originals.items():
+        owner, attr, _ = _locate(dotted)
+        label = short_name(dotted)
         if inspect.isclass(original):
             _wrap_class(state, dotted, original)
+        elif inspect.isclass(owner):                     # one method of a class
+            raw = vars(owner).get(attr, original)
+            if isinstance(raw, staticmethod):
+                setattr(owner, attr, staticmethod(_function_proxy(state, dotted, raw.__func__, label)))
+            elif isinstance(raw, classmethod):
+                setattr(owner, attr, classmethod(_function_proxy(state, dotted, raw.__func__, label)))
+            else:
+                setattr(owner, attr, _function_proxy(state, dotted, raw, f"{owner.__name__}.{attr}"))
         else:
-            _replace_everywhere(original, _function_proxy(state, dotted, original, short_name(dotted)))
+            _replace_everywhere(original, _function_proxy(state, dotted, original, label))
     _STATE = state
 
 

@@ -193,6 +193,14 @@ def validate_solution(nb, name: str) -> list:
         else:
             seen_ids[cid] = i
         tags = cell_tags(cell)
+        if CHECK_TAG not in tags and isinstance((cell.get("metadata") or {}).get("grade"), dict):
+            err(i, cell, "has grade metadata but is not tagged 'check' (set the tag too: Jupyter keeps "
+                         "tags and metadata apart)")
+        for out in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            if isinstance(out, dict) and out.get("output_type") == "error":
+                err(i, cell, f"stores an error output ({out.get('ename')}: {out.get('evalue')}); fix the cell "
+                             "and re-execute the notebook")
+                break
         if SOLUTION_TAG in tags and CHECK_TAG in tags:
             err(i, cell, "is tagged both 'solution' and 'check'")
             continue
@@ -219,12 +227,25 @@ def validate_solution(nb, name: str) -> list:
             if cell.get("execution_count") is None:
                 err(i, cell, f"check cell {gid!r} has no execution count: execute the solution notebook "
                              "so its outputs become the reference")
+            elif not cell.get("outputs"):
+                err(i, cell, f"check cell {gid!r} has no stored output: re-execute the solution notebook "
+                             "(a check prints what it verified, e.g. 'ex1 ...: ok')")
             if BEGIN_MARKER in cell_source(cell) or END_MARKER in cell_source(cell):
                 err(i, cell, f"check cell {gid!r} contains solution markers")
         else:
             src = cell_source(cell)
             if cell.get("cell_type") == "code" and (BEGIN_MARKER in src or END_MARKER in src):
                 err(i, cell, "has solution markers but is not tagged 'solution'")
+    pending = []
+    for i, cell in enumerate(nb.cells):
+        kind = cell_kind(cell)
+        if kind == "solution":
+            pending.append(i)
+        elif kind == "check":
+            pending = []
+    for i in pending:
+        err(i, nb.cells[i], "solution cell has no check cell after it (a solution cell belongs to the next "
+                            "check cell)")
     n = len(seen_grades)
     if n < MIN_EXERCISES:
         errors.append(f"{name}: has {n} graded exercise(s); at least {MIN_EXERCISES} check cells are required")
@@ -257,12 +278,63 @@ def load_solution(path):
     return nb
 
 
+def release_problems(nb, name: str) -> list:
+    """Authoring problems that only the release refuses (the grader can still run such a notebook).
+
+    Every check cell must name its ``off_limits`` (existing attention_np objects); nbclient's
+    timestamps must be stripped; ``selfcheck`` cells are plain code cells.
+    """
+    from .guard import resolve
+
+    errors = []
+    stamped = [i for i, cell in enumerate(nb.cells) if "execution" in (cell.get("metadata") or {})]
+    if stamped:
+        errors.append(f"{name}: {len(stamped)} cell(s) carry nbclient timestamps (metadata.execution, first: "
+                      f"{describe_cell(stamped[0], nb.cells[stamped[0]])}); execute solutions with "
+                      f"`python -m attention_np.release --execute {name}`, which strips them")
+    for i, cell in enumerate(nb.cells):
+        where = f"{name}: {describe_cell(i, cell)}"
+        tags = cell_tags(cell)
+        if SELFCHECK_TAG in tags and (cell.get("cell_type") != "code" or cell_kind(cell) != "locked"):
+            errors.append(f"{where}: a 'selfcheck' cell must be a code cell without the 'solution' or 'check' tag")
+        if cell_kind(cell) != "check":
+            continue
+        gid = grade_info(cell)[0]
+        grade = (cell.get("metadata") or {}).get("grade") or {}
+        names = grade.get("off_limits")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            errors.append(f"{where}: check cell {gid!r} needs \"off_limits\" in its grade metadata: the dotted "
+                          "names of the attention_np objects an answer may not call, e.g. "
+                          "[\"attention_np.mechanisms.scaled_dot_product.scaled_dot_product_attention\"]")
+            continue
+        for dotted in names:
+            try:
+                resolve(dotted, callable_only=True)
+            except ValueError as exc:
+                errors.append(f"{where}: check cell {gid!r}: off_limits names no existing object: {exc}")
+    return errors
+
+
+def hidden_check_note(cell) -> str:
+    """The comment-only source that replaces a check cell in the released exercise."""
+    gid, points = grade_info(cell)
+    names = ", ".join(n.rpartition(".")[2] for n in off_limits_of(cell))
+    pts = f"{points:g}" if isinstance(points, (int, float)) else str(points)
+    lines = [f"# {gid} ({pts} point{'s' if points != 1 else ''}) is graded by a hidden check.",
+             "# See your points and the reason for any failure with:",
+             "#     python -m attention_np.grade <this notebook>"]
+    if names:
+        lines.append(f"# Off limits for this exercise (write them yourself): attention_np's {names}.")
+    return "\n".join(lines)
+
+
 def make_exercise(nb):
     """The exercise generated from a validated solution notebook (a new notebook object).
 
-    Solution regions become the stub; solution and check cells lose their outputs and
-    execution counts; every cell keeps its id, tags and metadata (except nbclient's
-    ``metadata.execution`` timestamps); locked cells keep their outputs.
+    Solution regions become the stub; every check cell is replaced by a comment-only note
+    (:func:`hidden_check_note`; same cell id, tags and grade metadata) so the graded check stays
+    hidden; ``selfcheck`` cells are copied; no cell keeps an output or an execution count; every
+    cell keeps its id, tags and metadata (except nbclient's ``metadata.execution`` timestamps).
     """
     ex = nbformat.from_dict(copy.deepcopy(nb))
     for cell in ex.cells:
@@ -272,10 +344,48 @@ def make_exercise(nb):
         kind = cell_kind(cell)
         if kind == "solution":
             cell.source = strip_solution(cell_source(cell))
-        if kind in ("solution", "check"):
+        elif kind == "check":
+            cell.source = hidden_check_note(cell)
+        if cell.get("cell_type") == "code":
             cell.outputs = []
             cell.execution_count = None
     return ex
+
+
+MIN_LEAK_CHARS = 24
+
+
+def hidden_check_leaks(solution, exercise, name: str) -> list:
+    """Problems if a line of a hidden check cell appears in the released exercise.
+
+    Lines shorter than ``MIN_LEAK_CHARS``, imports, comments, and lines the solution also shows in a
+    locked cell or in its text do not count; a self-check that copies the hidden check does.
+    """
+    text = [(i, c, cell_source(c)) for i, c in enumerate(exercise.cells)]
+    # a line the author also wrote in a locked cell or in the text is shown on purpose
+    shown = "\n".join(cell_source(c) for c in solution.cells
+                      if cell_kind(c) == "locked" and SELFCHECK_TAG not in cell_tags(c))
+    problems = []
+    for ex in exercises(solution):
+        for line in cell_source(solution.cells[ex.check_index]).split("\n"):
+            line = line.strip()
+            if len(line) < MIN_LEAK_CHARS or line.startswith(("#", "import ", "from ")) or line in shown:
+                continue
+            for i, cell, src in text:
+                if line in src:
+                    problems.append(f"{name}: {describe_cell(i, cell)}: {ex.grade_id}'s hidden check reaches the "
+                                    f"exercise: {line[:60]!r}")
+                    break
+            else:
+                continue
+            break
+    return problems
+
+
+def stored_outputs(nb) -> list:
+    """Every code cell that stores an output or an execution count, as ``describe_cell`` strings."""
+    return [describe_cell(i, c) for i, c in enumerate(nb.cells)
+            if c.get("cell_type") == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
 
 
 # ------------------------------------------------------------------- the guard
@@ -301,7 +411,8 @@ def add_guard(nb) -> list:
     The first code cell gets a first line installing :mod:`attention_np.grading.guard` with, per
     exercise, its ``off_limits`` and the code-file names ipykernel will give its solution cells; each
     check cell gets ``enter_check`` as its first line and ``leave_check`` as its last (unless it ends
-    with an expression whose value it displays, which the line would hide).  No cell is added, so nbval's cell numbers stay.
+    with an expression whose value it displays, which the line would hide).  ``selfcheck`` cells are
+    emptied (the grader does not run them).  No cell is added, so nbval's cell numbers stay.
     """
     from .guard import cell_file_name, static_warnings
 
@@ -318,6 +429,11 @@ def add_guard(nb) -> list:
         if not _ends_with_expression(src):
             new = new.rstrip("\n") + "\n" + _guard_call("leave_check", ex.grade_id)
         check.source = new
+    for cell in nb.cells:                    # public self-checks are for students, never run when grading
+        if cell.get("cell_type") == "code" and SELFCHECK_TAG in cell_tags(cell) and cell_kind(cell) == "locked":
+            cell.source = ""
+            cell.outputs = []
+            cell.execution_count = None
     install = _guard_call("install", config)
     first = next((i for i, c in enumerate(nb.cells) if c.get("cell_type") == "code"), None)
     if first is not None and cell_kind(nb.cells[first]) == "locked":
