@@ -122,11 +122,11 @@ class MemoryNetwork(Module):
 
     def _embed(self, name, ids, keep):
         E = self.params[name]
-        l = self.l.astype(E.dtype)
-        return np.einsum("...jd,jd->...d", E[ids] * keep[..., None], l)     # (..., J, d) -> (..., d)
+        lk = self.l.astype(E.dtype) * keep[..., None]                        # (..., J, d): l_j, 0 for nil words
+        return np.einsum("...jd,...jd->...d", E[ids], lk)                    # (..., J, d) -> (..., d)
 
     def _embed_backward(self, name, ids, keep, dout):
-        contrib = dout[..., None, :] * self.l.astype(dout.dtype) * keep[..., None]   # (..., J, d): l_j * dout where kept
+        contrib = dout[..., None, :] * (self.l.astype(dout.dtype) * keep[..., None])  # (..., J, d): l_j * dout where kept
         # scatter-add into rows: np.add.at(grad, ids, contrib) over (n, d) rows, written on the flat
         # element indices ids * d + k, which NumPy adds several times faster (same sums)
         grad = self.grads[name]                                                        # (V, d)
@@ -151,10 +151,13 @@ class MemoryNetwork(Module):
         keep_s, keep_q = self._keep(story), self._keep(query)
         r, linear = self.roles, bool(self.linear_start)
         u = self._embed(r["B"], query, keep_q)                               # (B, d) u^1
-        hops, self.hop_weights = [], []
+        hops, self.hop_weights, embedded = [], [], {}
         for k in range(self.K):                                              # the hops ARE the recurrence
-            m = self._embed(r["A"][k], story, keep_s) + self.params[r["T_A"][k]][:N]   # (B, N, d)
-            c = self._embed(r["C"][k], story, keep_s) + self.params[r["T_C"][k]][:N]   # (B, N, d)
+            for name in (r["A"][k], r["C"][k]):                              # a tied table embeds the story once
+                if name not in embedded:
+                    embedded[name] = self._embed(name, story, keep_s)        # (B, N, d)
+            m = embedded[r["A"][k]] + self.params[r["T_A"][k]][:N]           # (B, N, d) keys
+            c = embedded[r["C"][k]] + self.params[r["T_C"][k]][:N]           # (B, N, d) values
             scores = np.einsum("bnd,bd->bn", m, u)                          # (B, N)
             if linear:                                                       # linear start: no softmax
                 p = scores if mask is None else np.where(mask, scores, 0.0)   # (B, N)
@@ -177,6 +180,7 @@ class MemoryNetwork(Module):
         N, r = story.shape[1], self.roles
         self.grads[r["W"]] += dlogits.T @ u_last                             # (V, B) @ (B, d) -> (V, d)
         du = dlogits @ self.params[r["W"]]                                   # (B, V) @ (V, d) -> (B, d)
+        d_embedded = {}                     # table name -> summed gradient of its story embedding (B, N, d)
         for k in reversed(range(self.K)):                                    # back through the hops
             u, m, c, p = hops[k]
             do = du                                                          # u^{k+1} = (u^k or u^k H) + o^k
@@ -193,7 +197,9 @@ class MemoryNetwork(Module):
             du = du + np.einsum("bn,bnd->bd", ds, m)                         # (B, d)
             self.grads[r["T_A"][k]][:N] += dm.sum(axis=0)
             self.grads[r["T_C"][k]][:N] += dc.sum(axis=0)
-            self._embed_backward(r["A"][k], story, keep_s, dm)
-            self._embed_backward(r["C"][k], story, keep_s, dc)
+            for name, g in ((r["A"][k], dm), (r["C"][k], dc)):              # a tied table collects every role
+                d_embedded[name] = d_embedded[name] + g if name in d_embedded else g
+        for name, g in d_embedded.items():                                   # then one scatter-add per table
+            self._embed_backward(name, story, keep_s, g)
         self._embed_backward(r["B"], query, keep_q, du)
         return None
