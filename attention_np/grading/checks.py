@@ -61,7 +61,19 @@ def assert_close(actual, expected, name: str = "result", rtol: float = 1e-7, ato
         raise AssertionError(
             f"{name}: values differ (shape {expected.shape}); largest difference at index {idx}: "
             f"expected {float(expected[idx]):.6g}, got {float(actual[idx]):.6g} "
-            f"(|diff| = {float(diff[idx]):.3g})")
+            f"(|diff| = {float(diff[idx]):.3g}){_scale_hint(actual, expected, rtol, atol)}")
+
+
+def _scale_hint(actual, expected, rtol, atol) -> str:
+    """``; got 2.00 × expected`` when the answer is the expected value times one constant."""
+    if expected.dtype.kind not in "fc" or not np.any(expected):
+        return ""
+    c = float(np.vdot(expected, actual).real / np.vdot(expected, expected).real)
+    if not np.isfinite(c) or abs(c - 1.0) < 1e-6 or c == 0.0:
+        return ""
+    if np.all(np.abs(actual - c * expected) <= 10 * (atol + rtol * np.abs(c * expected))):
+        return f"; got {c:.2f} \u00d7 expected"
+    return ""
 
 
 def reference(dotted_name: str):
