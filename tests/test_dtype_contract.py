@@ -73,3 +73,39 @@ def test_astype_converts_the_parameters_and_the_computation():
     assert logits.dtype == np.float32
     model.backward(np.ones_like(logits))
     assert all(g.dtype == np.float32 for _, _, g in model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_backward_before_forward_and_wrong_dout_are_named_errors(name):
+    """Issue 15, item 7: no 'cannot unpack NoneType' and no raw NumPy broadcast errors."""
+    make, inputs = CASES[name]
+    r = _r()
+    layer = make(r)
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        layer.backward(np.ones((2, 5, 4)))
+    y = layer(*inputs(r.standard_normal((2, 5, 8)), r.standard_normal((2, 6, 8))))
+    wrong = np.ones(y.shape[:-1] + (y.shape[-1] + 1,))
+    before = [g.copy() for _, _, g in layer.parameters()]
+    with pytest.raises(ValueError, match=r"must have shape .* got"):
+        layer.backward(wrong)
+    assert all(np.array_equal(b, g) for b, (_, _, g) in zip(before, layer.parameters())), \
+        "a refused backward must not change the gradient buffers"
+
+
+def test_restored_cache_of_another_step_skips_the_shape_check():
+    """The documented pattern: several forwards of different shapes, caches restored latest first."""
+    layer = Linear(3, 2, rng=_r())
+    caches, outs = [], []
+    for n in (4, 1):
+        outs.append(layer(np.ones((n, 3))))
+        caches.append(layer.cache)
+    for cache, out in zip(reversed(caches), reversed(outs)):
+        layer.cache = cache
+        assert layer.backward(np.ones_like(out)).shape == (out.shape[0], 3)
+
+
+def test_a_transposed_dout_that_numpy_would_reshape_silently_is_refused():
+    layer = Linear(3, 2, rng=_r())
+    y = layer(np.ones((4, 3)))                             # (4, 2)
+    with pytest.raises(ValueError, match=r"dout must have shape \(4, 2\)"):
+        layer.backward(np.ones((2, 4)))                    # reshape(-1, 2) would accept it

@@ -43,6 +43,34 @@ def _narrow(result, dtype):
     return result
 
 
+def _refuse_wrong_dout(module, method, args, kwargs, expected):
+    """Raise a named ValueError for an upstream gradient whose shape is not the forward's output.
+
+    A module that validates its upstream gradient itself keeps its own message
+    (e.g. ``dh_tilde must have shape (B=3, d=4), ...``); otherwise NumPy would
+    broadcast or reshape silently, or fail with a raw error, so a generic one is
+    raised.  Gradient buffers are left as they were either way.
+    """
+    import inspect
+
+    params = [p for p in inspect.signature(method).parameters if p != "self"]
+    name = params[0] if params else "dout"
+    saved = [(grad, grad.copy()) for _, _, grad in module.parameters()]
+    try:
+        method(module, *args, **kwargs)
+    except Exception as err:                                   # noqa: BLE001 - re-raised below with a name
+        if isinstance(err, ValueError) and str(err).startswith(name):
+            raise
+        cause = err
+    else:
+        cause = None
+    finally:
+        for grad, copy in saved:
+            grad[...] = copy
+    raise ValueError(f"{name} must have shape {tuple(expected)} (the output of the last forward), "
+                     f"got {tuple(np.shape(args[0]))}") from cause
+
+
 def _keeps_input_dtype(method, is_forward):
     """Wrap ``forward``/``backward`` so that float32 in gives float32 out (see :class:`Module`)."""
     import functools
@@ -52,9 +80,19 @@ def _keeps_input_dtype(method, is_forward):
         if is_forward:
             dtype = _float_dtype(list(args) + list(kwargs.values()))
             self._io_dtype = dtype
+            result = method(self, *args, **kwargs)
+            # remember the output shape together with the cache it belongs to: backward checks dout
+            # against it, unless the caller restored another step's cache (see the class docstring)
+            self._out_shape = (id(self.cache), result.shape) if isinstance(result, np.ndarray) else None
         else:
-            dtype = getattr(self, "_io_dtype", None)
-        result = method(self, *args, **kwargs)
+            if not hasattr(self, "_io_dtype"):
+                raise RuntimeError(f"{type(self).__name__}.backward called before forward: "
+                                   "forward caches what backward needs, so call it first")
+            out = getattr(self, "_out_shape", None)
+            if args and out is not None and out[0] == id(self.cache) and np.shape(args[0]) != out[1]:
+                _refuse_wrong_dout(self, method, args, kwargs, out[1])
+            dtype = self._io_dtype
+            result = method(self, *args, **kwargs)
         return result if dtype is None else _narrow(result, dtype)
 
     wrapper._keeps_input_dtype = True
