@@ -1,4 +1,9 @@
-"""Release: solutions/ -> exercises/ (stubs, cleared outputs, deterministic, --check, validation)."""
+"""Release: solutions/ -> exercises/ (stubs, hidden checks, no outputs, deterministic, --check, validation).
+
+The fixture (tests/fixtures/release/solutions/90_fixture.ipynb) is a small executed solution notebook with
+five exercises (each naming its off_limits) and one public self-check.  Each authoring mistake the release
+must refuse is built from a copy of it.  The --execute tests start real kernels (a few seconds each).
+"""
 import json
 import shutil
 import subprocess
@@ -10,7 +15,7 @@ import pytest
 from attention_np.grading.notebook import find_regions, strip_solution
 from attention_np.grading.release import main
 
-FIXTURE = Path(__file__).parent / "fixtures" / "grading" / "solutions" / "90_fixture.ipynb"
+FIXTURE = Path(__file__).parent / "fixtures" / "release" / "solutions" / "90_fixture.ipynb"
 SOLUTION_BODIES = ["x.sum(axis=-1)", "e / e.sum(axis=-1, keepdims=True)", "math.sqrt(d_k)",
                    "np.tril(", "np.where(mask, scores, value)", "dy * y * (1.0 - y)"]
 
@@ -66,7 +71,7 @@ def test_bad_markers_are_rejected(src, message):
 
 
 # ------------------------------------------------------------------------- release
-def test_exercise_has_no_solution_code_and_no_outputs_in_graded_cells(dirs):
+def test_exercise_has_no_solution_code_and_no_outputs_at_all(dirs):
     nb = released(dirs)
     solution = json.loads(FIXTURE.read_text(encoding="utf-8"))
     text = json.dumps(nb)
@@ -74,9 +79,10 @@ def test_exercise_has_no_solution_code_and_no_outputs_in_graded_cells(dirs):
         assert body in json.dumps(solution)            # the fixture really has these solutions
         assert body not in text, body
     assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
-    graded = [c for c in nb["cells"] if set(c["metadata"].get("tags", [])) & {"solution", "check"}]
-    assert len(graded) == 10
-    for c in graded:
+    assert any(c.get("outputs") for c in solution["cells"] if "solution" not in c["metadata"].get("tags", []))
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert len(code) == 13
+    for c in code:                                     # locked and self-check cells too
         assert c["outputs"] == [] and c["execution_count"] is None, c["id"]
     assert source(by_id(nb, "ex1-solution")).endswith("    # YOUR CODE HERE\n    raise NotImplementedError()")
     assert source(by_id(nb, "ex4-solution")).count("    raise NotImplementedError()") == 2
@@ -84,15 +90,58 @@ def test_exercise_has_no_solution_code_and_no_outputs_in_graded_cells(dirs):
                                                  'print(f"d_k = {d_k}")')
 
 
-def test_ids_tags_metadata_and_locked_outputs_are_preserved(dirs):
+def test_ids_tags_and_metadata_are_preserved(dirs):
     nb = released(dirs)
     solution = json.loads(FIXTURE.read_text(encoding="utf-8"))
     assert [c["id"] for c in nb["cells"]] == [c["id"] for c in solution["cells"]]
     assert [c["metadata"] for c in nb["cells"]] == [c["metadata"] for c in solution["cells"]]
     assert nb["metadata"] == solution["metadata"] and (nb["nbformat"], nb["nbformat_minor"]) == (4, 5)
-    assert by_id(nb, "data")["outputs"] == by_id(solution, "data")["outputs"] != []
-    assert by_id(nb, "data")["execution_count"] == 2
-    assert source(by_id(nb, "ex2-check")) == source(by_id(solution, "ex2-check"))
+    assert source(by_id(nb, "data")) == source(by_id(solution, "data"))
+
+
+def test_check_cells_are_hidden_and_self_checks_copied(dirs):
+    nb = released(dirs)
+    solution = json.loads(FIXTURE.read_text(encoding="utf-8"))
+    checks = [c for c in solution["cells"] if "check" in c["metadata"].get("tags", [])]
+    assert len(checks) == 5
+    for check in checks:
+        note = source(by_id(nb, check["id"]))
+        gid = check["metadata"]["grade"]["id"]
+        assert note.startswith(f"# {gid} (") and "python -m attention_np.grade" in note, note
+        assert all(line.startswith("#") for line in note.splitlines()), note      # nothing runs
+        for line in source(check).splitlines():
+            if len(line.strip()) > 12:
+                assert line.strip() not in json.dumps(nb), line                  # no line of the check
+    assert "sigmoid_backward" in source(by_id(nb, "ex5-check"))                  # the off-limits name is shown
+    assert source(by_id(nb, "ex5-selfcheck")) == source(by_id(solution, "ex5-selfcheck"))
+    assert by_id(nb, "ex5-selfcheck")["metadata"]["tags"] == ["selfcheck"]
+
+
+def _selfcheck_copies_the_check(nb):
+    line = source(by_id(nb, "ex2-check")).splitlines()[3]
+    assert len(line) > 30
+    by_id(nb, "ex5-selfcheck")["source"] = source(by_id(nb, "ex5-selfcheck")) + "\n" + line
+
+
+def test_a_hidden_check_reaching_the_exercise_is_refused(dirs, capsys):
+    sol, ex = dirs
+    edit_solution(sol, _selfcheck_copies_the_check)
+    assert main([str(sol), str(ex)]) == 1
+    err = capsys.readouterr().err
+    assert "(id 'ex5-selfcheck'): ex2's hidden check reaches the exercise" in err, err
+    assert not (ex / FIXTURE.name).exists()
+
+
+def test_check_fails_when_an_exercise_stores_an_output(dirs, capsys):
+    sol, ex = dirs
+    released(dirs)
+    path = ex / FIXTURE.name
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    by_id(nb, "data")["outputs"] = [{"name": "stdout", "output_type": "stream", "text": "[[1. 2. 3.]]\n"}]
+    path.write_text(json.dumps(nb, indent=1), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["--check", str(sol), str(ex)]) == 1
+    assert "stores outputs or execution counts (cell 2 (id 'data'))" in capsys.readouterr().err
 
 
 def test_release_is_deterministic_and_check_passes_when_in_sync(dirs, capsys):
@@ -153,13 +202,60 @@ def _unexecuted_check(nb):
     by_id(nb, "ex1-check")["execution_count"] = None
 
 
+def _no_off_limits(nb):
+    del by_id(nb, "ex2-check")["metadata"]["grade"]["off_limits"]
+
+
+def _empty_off_limits(nb):
+    by_id(nb, "ex2-check")["metadata"]["grade"]["off_limits"] = []
+
+
+def _unknown_off_limits(nb):
+    by_id(nb, "ex4-check")["metadata"]["grade"]["off_limits"] = ["attention_np.nn.functional.no_such_mask"]
+
+
+def _grade_metadata_without_tag(nb):
+    by_id(nb, "ex3-check")["metadata"]["tags"] = []
+
+
+def _solution_without_check(nb):
+    cells = nb["cells"]
+    cells.insert(len(cells) - 1, {"cell_type": "code", "id": "ex6-solution", "metadata": {"tags": ["solution"]},
+                                  "execution_count": None, "outputs": [],
+                                  "source": "def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION"})
+
+
+def _error_output(nb):
+    by_id(nb, "data")["outputs"] = [{"output_type": "error", "ename": "NameError", "evalue": "name 'np' is not defined",
+                                    "traceback": []}]
+
+
+def _cleared_check_output(nb):
+    by_id(nb, "ex4-check")["outputs"] = []
+
+
+def _timestamps(nb):
+    for c in nb["cells"]:
+        c["metadata"]["execution"] = {"iopub.status.busy": "2026-01-01T00:00:00.000000Z"}
+
+
 @pytest.mark.parametrize("breaks, expected", [
     (_duplicate_grade_id, "cell 14 (id 'ex4-check'): duplicate grade id 'ex2' (also cell 8)"),
     (_missing_end_marker, "cell 7 (id 'ex2-solution'): solution cell: line 3: '### BEGIN SOLUTION' without '### END SOLUTION'"),
-    (_no_points, "cell 17 (id 'ex5-check'): check cell 'ex5' needs a positive number of points"),
+    (_no_points, "cell 18 (id 'ex5-check'): check cell 'ex5' needs a positive number of points"),
     (_duplicate_cell_id, "(id 'ex4-text'): duplicate cell id (also cell 12)"),
     (_two_exercises, "has 2 graded exercise(s); at least 3"),
     (_unexecuted_check, "(id 'ex1-check'): check cell 'ex1' has no execution count"),
+    (_no_off_limits, "(id 'ex2-check'): check cell 'ex2' needs \"off_limits\" in its grade metadata"),
+    (_empty_off_limits, "(id 'ex2-check'): check cell 'ex2' needs \"off_limits\" in its grade metadata"),
+    (_unknown_off_limits, "(id 'ex4-check'): check cell 'ex4': off_limits names no existing object: "
+                          "'attention_np.nn.functional.no_such_mask'"),
+    (_grade_metadata_without_tag, "cell 11 (id 'ex3-check'): has grade metadata but is not tagged 'check'"),
+    (_solution_without_check, "(id 'ex6-solution'): solution cell has no check cell after it"),
+    (_error_output, "cell 2 (id 'data'): stores an error output (NameError: name 'np' is not defined)"),
+    (_cleared_check_output, "(id 'ex4-check'): check cell 'ex4' has no stored output"),
+    (_timestamps, "cell(s) carry nbclient timestamps (metadata.execution, first: cell 0 (id 'intro')); "
+                  "execute solutions with `python -m attention_np.release --execute"),
 ])
 def test_invalid_solutions_are_rejected_naming_notebook_and_cell(dirs, capsys, breaks, expected):
     sol, ex = dirs
@@ -182,3 +278,57 @@ def test_cli_from_another_directory(tmp_path):
     assert check.returncode == 0, check.stderr
     missing = subprocess.run([*run, "--check", "nowhere"], cwd=tmp_path, capture_output=True, text=True)
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+# ------------------------------------------------------------------ executing solutions (real kernels)
+def _seed_dependent_and_stale(nb):
+    check = by_id(nb, "ex1-check")
+    check["source"] = source(check) + '\nprint(f"first input {x1[0, 0]:.3f}")'      # depends on the seed
+    check["outputs"][0]["text"] = "ex1 row sums: ok\nfirst input 0.123\n"
+    by_id(nb, "ex3-check")["outputs"][0]["text"] = "ex3 scale: OK\n"              # stale: not what runs now
+
+
+@pytest.fixture(scope="module")
+def execution_report(tmp_path_factory):
+    from attention_np.grading.release import execution_problems
+    sol = tmp_path_factory.mktemp("exec") / "solutions"
+    sol.mkdir()
+    shutil.copy(FIXTURE, sol / FIXTURE.name)
+    edit_solution(sol, _seed_dependent_and_stale)
+    return execution_problems(sol / FIXTURE.name)
+
+
+def test_execute_check_refuses_a_check_printing_seed_dependent_output(execution_report):
+    hits = [p for p in execution_report if "depends on the seed" in p]
+    assert len(hits) == 1 and "(id 'ex1-check'): ex1's check prints output that depends on the seed" in hits[0], \
+        execution_report
+
+
+def test_execute_check_refuses_stale_outputs(execution_report):
+    stale = [p for p in execution_report if "stale" in p]
+    assert any("(id 'ex3-check'): stored outputs are stale" in p and "'ex3 scale: OK" in p for p in stale), \
+        execution_report
+    assert not any("(id 'ex2-check')" in p or "(id 'data')" in p for p in execution_report), execution_report
+
+
+def test_the_fixture_passes_check_execute(dirs, capsys):
+    sol, ex = dirs
+    released(dirs)
+    assert main(["--check", "--execute", str(sol), str(ex)]) == 0, capsys.readouterr().err
+
+
+def test_execute_stores_a_clean_notebook_and_ignores_a_shell_wide_seed(tmp_path, monkeypatch):
+    import nbformat
+    from attention_np.grading.checks import DEFAULT_SEED, SEED_ENV
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"),
+                nbformat.v4.new_code_cell("from attention_np.grading import grading_seed\nprint(grading_seed())")]
+    path = tmp_path / "91_seed.ipynb"
+    nbformat.write(nb, path)
+    monkeypatch.setenv(SEED_ENV, "5")
+    assert main(["--execute", str(path)]) == 0
+    done = json.loads(path.read_text(encoding="utf-8"))
+    cell = done["cells"][1]
+    assert "".join(cell["outputs"][0]["text"]) == f"{DEFAULT_SEED}\n"
+    assert cell["execution_count"] == 1
+    assert all("execution" not in c["metadata"] for c in done["cells"])
