@@ -128,7 +128,7 @@ def student_lines(reports) -> list:
 
 def closing_line(reports) -> str:
     """``12 submission(s): 10 graded (4 full marks, 5 partial, 1 zero), 1 unreadable, 1 not graded``."""
-    graded = [r for r in reports if r.exercises and r.status == "graded" or r.status.startswith("time limit")]
+    graded = [r for r in reports if r.exercises and (r.status == "graded" or r.status.startswith("time limit"))]
     full = sum(r.total == r.max_points and r.max_points > 0 for r in graded)
     zero = sum(r.total == 0 for r in graded)
     partial = len(graded) - full - zero
@@ -149,13 +149,15 @@ def exercise_columns(reports) -> tuple[list, bool]:
         if r.notebook and r.notebook not in books:
             books.append(r.notebook)
     several = len(books) > 1
-    cols = []
+    ids = {}                                   # notebook -> exercise ids in first-seen order
     for r in reports:
         for e in r.exercises:
-            col = f"{r.notebook}:{e.id}" if several else e.id
-            if col not in cols:
-                cols.append(col)
-    return cols, several
+            seen = ids.setdefault(r.notebook, [])
+            if e.id not in seen:
+                seen.append(e.id)
+    if not several:
+        return [i for seen in ids.values() for i in seen], False
+    return [f"{book}:{i}" for book in sorted(ids, key=str) for i in ids[book]], True
 
 
 CSV_HEAD = ["student", "lms_id", "notebook"]
