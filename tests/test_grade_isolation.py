@@ -113,6 +113,11 @@ def run_batch(root: Path, method: str, extra=()):
             f"subprocess.Popen(['sleep', '{SLEEP_MARK}'], start_new_session=True, stdin=subprocess.DEVNULL,",
             "                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)",
             f"subprocess.run('nohup sleep {SLEEP_MARK} >/dev/null 2>&1 &', shell=True)"])),
+        "snoop": with_prefix("ex1-solution", "\n".join([
+            "import os, pathlib",
+            "assert 'hunter2' not in str(os.environ), 'a secret reached the kernel'",
+            f"assert pathlib.Path.home() != pathlib.Path({str(Path.home())!r}), 'HOME is the grader\\'s'",
+            "pathlib.Path.home().joinpath('scratch.txt').write_text('a private HOME is writable')"])),
         "hog": with_prefix("ex2-solution", "\n".join([
             "import numpy as np",
             "hoard = np.empty(6 * 2**30, dtype=np.uint8)   # 6 GiB: past the default 4 GiB limit"])),
@@ -124,7 +129,7 @@ def run_batch(root: Path, method: str, extra=()):
         p.write_text(json.dumps(nb), encoding="utf-8")
         paths[name] = p
     before = {"solutions": tree_digest(solutions), "victim": victim.read_bytes()}
-    env = dict(os.environ, ATTENTION_NP_GRADE_SANDBOX=method)
+    env = dict(os.environ, ATTENTION_NP_GRADE_SANDBOX=method, COURSE_API_TOKEN="hunter2")
     env.pop("ATTENTION_NP_GRADE_SEED", None)
     out = root / "report.json"
     try:
@@ -180,6 +185,10 @@ def test_loopback_server_outside_the_sandbox_is_unreachable(batch):
 def test_detached_sleep_is_gone_after_grading(batch):
     assert batch["sleepers"] == []
     assert batch["reports"]["sleeper"]["total"] == FULL
+
+
+def test_private_home_and_no_secrets_in_the_environment(batch):
+    assert batch["reports"]["snoop"]["total"] == FULL, batch["reports"]["snoop"]["exercises"][0]
 
 
 def test_allocation_past_the_memory_limit_fails_with_memory_limit(batch):

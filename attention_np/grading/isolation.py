@@ -18,6 +18,7 @@ still grades, with process groups and the memory limit only, and says once what 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_MEMORY_LIMIT = 4 * 2**30
+# What student code must not read and then print into a report a student sees: the grader's
+# credentials (folders under its HOME, hidden by bubblewrap) and secret-looking variables
+# (dropped from the kernel's environment in every mode).
+SECRET_DIRS = (".ssh", ".gnupg", ".aws", ".azure", ".config/gcloud", ".docker", ".kube", ".netrc.d",
+               ".local/share/keyrings", ".password-store")
+SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|API_?KEY|ACCESS_KEY|PRIVATE|^AWS_|^SSH_AUTH_SOCK$|"
+                        r"^GITHUB_|^GH_|^GITLAB_|^CI_JOB_JWT", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int | None:
@@ -84,16 +92,17 @@ class Sandbox:
         workdir = Path(workdir).resolve()
         home = workdir / "home"
         home.mkdir(exist_ok=True)
-        env = dict(env)
+        env = {k: v for k, v in env.items() if not SECRET_ENV.search(k)}
         env.update(HOME=str(home), TMPDIR=str(workdir / "tmp"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
                    IPYTHONDIR=str(home / ".ipython"), MPLCONFIGDIR=str(home / ".matplotlib"),
                    JUPYTER_CONFIG_DIR=str(home / ".jupyter"), JUPYTER_DATA_DIR=str(home / ".jupyter-data"))
         (workdir / "tmp").mkdir(exist_ok=True)
         if self.method == "bubblewrap":
+            hidden = list(self.hidden) + [Path.home() / d for d in SECRET_DIRS]
             args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-all", "--cap-drop", "ALL",
                     "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
                     "--tmpfs", "/dev/shm"]
-            for folder in _visible_safe(self.hidden, workdir):
+            for folder in _visible_safe(hidden, workdir):
                 args += ["--tmpfs", str(folder)]
             args += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir), "--"]
             return args + list(cmd), env
