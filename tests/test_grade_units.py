@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from attention_np.grading import assert_close
-from attention_np.grading.grade import _locked_failure_warnings, syntax_message
+from attention_np.grading.scoring import _locked_failure_warnings, syntax_message
 from attention_np.grading.names import identify
 from attention_np.grading.notebook import load_solution
 from attention_np.grading.report import ExerciseResult, Report, closing_line

@@ -26,8 +26,11 @@ file, so a submission is never run as it is. For each submission the grader
 Each run is isolated (:mod:`.isolation`: bubblewrap or ``unshare``, a memory limit); a failure
 outside the student's code (no result, the kernel did not start, a locked cell failing before
 any answer ran) is retried once and then reported as ``not graded: <reason>``, never as a 0.
-Reporting (tables, per-student lines, gradebooks, the class picture) is in :mod:`.report`,
-``--shard``/``--merge`` in :mod:`.shard`, student names and LMS layouts in :mod:`.names`.
+The modules, in the order of the protocol: this one (matching, building, ``grade_one``, the
+command line); :mod:`.run` (the isolated nbval run) with :mod:`.isolation` and the plugin
+:mod:`._nbplugin`; :mod:`.scoring` (cells -> exercises, reasons, grader failures); :mod:`.report`
+(tables, per-student lines, gradebooks, the class picture); :mod:`.shard` (``--shard``,
+``--merge``); :mod:`.names` (students and LMS layouts).
 
 The submission file is only read. Exit code 0 when grading ran, whatever the scores; 2 when
 the grader could not run (no solutions folder, no submission found, an invalid solution
@@ -38,21 +41,19 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
 
 from . import isolation, report, shard
+from .run import kill_active_runs, run_nbval
+from .scoring import _locked_failure_warnings, grader_failure, score, syntax_message  # noqa: F401
 from .report import ExerciseResult, Report, fmt_points  # noqa: F401 - re-exported for callers
 from .names import identify, student_name
 from .checks import SEED_ENV, grading_seed
@@ -72,13 +73,7 @@ from .notebook import (
 DEFAULT_CELL_TIMEOUT = 30.0
 DEFAULT_TIMEOUT = 300.0
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]   # the folder that holds attention_np/
-SANITIZE_PATTERNS = [
-    # memory addresses such as <object at 0x7f3a2c1b9d60>
-    (r"0x[0-9a-fA-F]{6,}", "0xADDRESS"),
-]
 IGNORE_OUTPUT_TAG = "nbval-ignore-output"
-_ENV_DROP = ("MPLBACKEND", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTHONSTARTUP", "JPY_PARENT_PID",
-             "JPY_SESSION_NAME", "PYTHONBREAKPOINT", "COV_CORE_SOURCE")
 
 
 class SubmissionError(Exception):
@@ -266,268 +261,6 @@ def build_graded(solution, cells):
                         "(code a solution needs belongs inside its solution cell)")
     warnings.extend(add_guard(nb))     # off-limits guard and check prologues (grading.notebook / grading.guard)
     return nb, warnings
-
-
-# ------------------------------------------------------------------------------ running
-def _kernel_env(seed):
-    env = {k: v for k, v in os.environ.items() if k not in _ENV_DROP}
-    env["PYTHONWARNINGS"] = "ignore"           # nbval compares stderr: no warnings may reach it
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # only nbval and our plugin: fast and predictable
-    env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_PARENT), env.get("PYTHONPATH", "")) if p)
-    if seed is not None:
-        env[SEED_ENV] = str(seed)
-    return env
-
-
-def _kill_group(pgid):
-    killpg = getattr(os, "killpg", None)   # POSIX; elsewhere only the direct child can be killed
-    if killpg is None:
-        return
-    try:
-        killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
-
-
-_ACTIVE, _ACTIVE_LOCK = {}, threading.Lock()   # running nbval processes: pid -> grade log (for Ctrl-C)
-
-
-def _kernel_pids(log: Path) -> list:
-    return [r["pid"] for r in _read_log(log) if r.get("event") == "kernel" and isinstance(r.get("pid"), int)]
-
-
-def kill_active_runs():
-    """Kill every running nbval process group and its kernel's group (the grader was interrupted)."""
-    with _ACTIVE_LOCK:
-        active = list(_ACTIVE.items())
-    for pid, (proc, log) in active:
-        _kill_group(pid)
-        proc.kill()
-        for kernel in (_kernel_pids(log) if log is not None else []):
-            _kill_group(kernel)
-
-
-def run_nbval(nb_path: Path, workdir: Path, cell_timeout: float, timeout: float, seed, sandbox=None):
-    """Run nbval on a built notebook; ``(results by code-cell number, killed, exit code, output tail)``.
-
-    With an isolating ``sandbox`` the whole run (pytest, nbval, the kernel, anything the student's
-    code starts) lives in its own namespaces and dies with it; see :mod:`.isolation`."""
-    sandbox = sandbox or isolation.Sandbox("none", None)
-    ini = workdir / "pytest.ini"
-    ini.write_text("[pytest]\n", encoding="utf-8")
-    sanitize = workdir / "sanitize.cfg"
-    sanitize.write_text("".join(f"[{i}]\nregex: {rx}\nreplace: {rep}\n\n"
-                                for i, (rx, rep) in enumerate(SANITIZE_PATTERNS)), encoding="utf-8")
-    junit, log, out = workdir / "junit.xml", workdir / "cells.jsonl", workdir / "pytest.out"
-    cmd = [sys.executable, "-m", "pytest", nb_path.name,
-           "-c", str(ini), "--rootdir", str(workdir),
-           "-p", "attention_np.grading._nbplugin", "-p", "nbval.plugin", "-p", "no:cacheprovider",
-           "--nbval", "--nbval-current-env", "--nbval-cell-timeout", f"{cell_timeout:g}",
-           "--nbval-sanitize-with", str(sanitize), "--color=no", "--junitxml", str(junit),
-           "--grade-log", str(log), "-q", "--tb=no", "-p", "no:warnings"]
-    cmd, env = sandbox.wrap(cmd, workdir, _kernel_env(seed))
-    killed = False
-    with open(out, "wb") as out_f:
-        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out_f,
-                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=sandbox.preexec())
-        with _ACTIVE_LOCK:
-            _ACTIVE[proc.pid] = (proc, log if not sandbox.isolated else None)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            killed = True
-            _kill_group(proc.pid)
-            proc.kill()
-            proc.wait()
-        finally:
-            _kill_group(proc.pid)     # anything the run left behind in its group
-            with _ACTIVE_LOCK:
-                _ACTIVE.pop(proc.pid, None)
-    if not sandbox.isolated:              # inside a PID namespace these pids are not the host's
-        for kernel in _kernel_pids(log):
-            _kill_group(kernel)           # the kernel runs in its own session (jupyter_client)
-    records = _read_log(log)
-    # The plugin's log decides (the cell's own run; a setup failure when it never ran); the
-    # junit report fills in any cell the log lacks.
-    results = {}
-    for rec in records:
-        if rec.get("event") == "cell" and isinstance(rec.get("cell"), int):
-            if rec.get("when") == "call" or rec["cell"] not in results:
-                results[rec["cell"]] = rec
-    for cell, outcome, message in _read_junit(junit):
-        if cell not in results:
-            results[cell] = {"cell": cell, "outcome": outcome, "reason": message,
-                             "kind": "pass" if outcome == "passed" else "error"}
-    try:
-        tail = out.read_bytes()[-2000:].decode("utf-8", "replace").strip().splitlines()
-    except OSError:
-        tail = []
-    return results, killed, proc.returncode, (tail[-1] if tail else "")
-
-
-def _read_log(path: Path) -> list:
-    records = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    continue
-    except OSError:
-        pass
-    return records
-
-
-_CELL_NAME = re.compile(r"Cell (\d+)$")
-
-
-def _read_junit(path: Path):
-    """``(code cell number, outcome, first line of message)`` per ``file.ipynb::Cell N`` test case."""
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError):
-        return []
-    rows = []
-    for case in root.iter("testcase"):
-        m = _CELL_NAME.search(case.get("name", ""))
-        if not m:
-            continue
-        outcome, message = "passed", ""
-        for tag in ("failure", "error", "skipped"):
-            node = case.find(tag)
-            if node is not None:
-                outcome = {"failure": "failed", "error": "failed", "skipped": "skipped"}[tag]
-                message = (node.get("message") or "").strip().splitlines()[:1]
-                message = message[0] if message else ""
-                break
-        rows.append((int(m.group(1)), outcome, message))
-    return rows
-
-
-# ------------------------------------------------------------------------------ scoring
-def _code_numbers(nb) -> dict:
-    """notebook cell index -> nbval's code-cell number."""
-    numbers, n = {}, 0
-    for i, cell in enumerate(nb.cells):
-        if cell.cell_type == "code":
-            numbers[i] = n
-            n += 1
-    return numbers
-
-
-def syntax_message(source: str) -> str | None:
-    """``line 3: '(' was never closed`` for a solution cell Python cannot compile, else None."""
-    try:
-        compile(source, "<solution cell>", "exec")
-    except SyntaxError as exc:
-        return f"line {exc.lineno}: {exc.msg}" if exc.lineno else exc.msg
-    except (ValueError, OverflowError):
-        return None
-    return None
-
-
-def _explain(kind: str, reason: str, memory_limit) -> str:
-    """Reasons that name the grader's limits: a MemoryError under the memory limit says so."""
-    if memory_limit and reason.startswith("MemoryError"):
-        return f"memory limit: the code needed more than {isolation.format_size(memory_limit)} ({reason})"
-    if memory_limit and kind == "kernel died":
-        return f"{reason}; possibly the memory limit of {isolation.format_size(memory_limit)}"
-    return reason
-
-
-def score(nb, results, killed: bool, timeout: float, memory_limit=None):
-    """Exercise results from per-cell results of the built notebook."""
-    code_number = _code_numbers(nb)
-
-    def cell_result(i):
-        return results.get(code_number.get(i))
-
-    rows, region_start = [], 0
-    for ex in exercises(nb):
-        res = cell_result(ex.check_index)
-        # the cells this exercise owns: everything after the previous check cell
-        own = [i for i in range(region_start, ex.check_index) if i in code_number]
-        region_start = ex.check_index + 1
-        own_failures = [cell_result(i) for i in own
-                        if cell_result(i) is not None and cell_result(i).get("outcome") == "failed"]
-        if res is None:
-            reason = f"not reached: the overall time limit of {timeout:g} s was exceeded" if killed else "not reached"
-            rows.append(ExerciseResult(ex.grade_id, 0, ex.points, "not reached", reason))
-            continue
-        note = res.get("note", "") or ""
-        if res.get("outcome") == "passed":
-            rows.append(ExerciseResult(ex.grade_id, ex.points, ex.points, "pass", "", note))
-            continue
-        kind, reason = res.get("kind", "error"), res.get("reason", "") or "failed"
-        stopped = [r for r in own_failures if r.get("kind") in ("timeout", "kernel died")]
-        raised = [(i, cell_result(i)) for i in ex.solution_indices
-                  if cell_result(i) is not None and cell_result(i).get("outcome") == "failed"
-                  and cell_result(i).get("kind") == "error"]
-        if kind == "not reached" and stopped:
-            kind, reason = stopped[0]["kind"], stopped[0]["reason"] + " (in a cell before the check)"
-        elif kind == "error" and raised:
-            i, failed = raised[0]
-            syntax = syntax_message(cell_source(nb.cells[i])) if failed["reason"].startswith(
-                ("SyntaxError", "IndentationError", "TabError")) else None
-            reason = (f"SyntaxError in the solution cell, {syntax}" if syntax
-                      else f"{failed['reason']} (raised in the solution cell)")
-        reason = _explain(kind, reason, memory_limit)
-        status = kind if kind in ("timeout", "kernel died", "not reached") else "fail"
-        rows.append(ExerciseResult(ex.grade_id, 0, ex.points, status, reason, note))
-    return rows
-
-
-def _locked_failure_warnings(nb, results) -> list:
-    """Failed locked cells: one line each, except knock-on failures after a failed answer, which are
-    collapsed into one line (a NameError because the student's function is missing tells nothing new)."""
-    warnings, knock_on, answer_failed = [], [], False
-    code_number = _code_numbers(nb)
-    for i, cell in enumerate(nb.cells):
-        if i not in code_number:
-            continue
-        res = results.get(code_number[i])
-        failed = res is not None and res.get("outcome") == "failed"
-        if cell_kind(cell) == "solution" and failed:
-            answer_failed = True
-        if cell_kind(cell) == "locked" and failed and res.get("kind") != "not reached" \
-                and not res.get("reason", "").startswith("NotImplementedError"):  # an unanswered exercise
-            line = f"locked cell {cell.get('id')!r} failed: {res.get('reason', '')}"
-            (knock_on if answer_failed else warnings).append(line)
-    if len(knock_on) == 1:
-        warnings.append(knock_on[0] + " (after a failed answer)")
-    elif knock_on:
-        warnings.append(f"{len(knock_on)} locked cells failed after a failed answer (first: "
-                        f"{knock_on[0].removeprefix('locked cell ')})")
-    return warnings[:3]
-
-
-def grader_failure(nb, results, killed: bool, code) -> str | None:
-    """Why a run failed outside the student's code, or None: no result at all, the kernel or
-    notebook did not start, nbval/pytest/the plugin failed (exit code 3/4), or a locked cell
-    failed before any student cell ran (the solution never fails there)."""
-    if killed:
-        return None
-    if not results:
-        return f"nbval produced no results (exit code {code})"
-    if code in (3, 4):
-        return f"pytest/nbval internal error (exit code {code})"
-    code_number = _code_numbers(nb)
-    for i, cell in enumerate(nb.cells):
-        if i not in code_number:
-            continue
-        res = results.get(code_number[i])
-        if res is not None and res.get("reason", "").startswith("the notebook could not be started"):
-            return res["reason"]
-        if cell_kind(cell) == "solution":
-            return None
-        if res is None:
-            return f"cell {cell.get('id')!r} before the first answer has no result"
-        if res.get("outcome") == "failed":
-            return f"locked cell {cell.get('id')!r} failed before any answer ran: {res.get('reason', '')}"
-    return None
 
 
 # ------------------------------------------------------------------------------ grading
