@@ -177,6 +177,11 @@ def test_add_guard_keeps_cell_numbers_and_wraps_each_check():
     lines = nb.cells[2].source.splitlines()
     assert lines[0].endswith(".enter_check('ex1')") and lines[-1].endswith(".leave_check('ex1')")
     assert nb.cells[3].source == "" and nb.cells[3].outputs == []     # self-checks are not run
+    nb.cells[0].source = "from __future__ import annotations"            # must stay the first statement
+    nb.cells[2].metadata["tags"] = ["check"]
+    add_guard(nb)
+    assert len(nb.cells) == 5 and nb.cells[1].source == "from __future__ import annotations"
+    assert ".install(" in nb.cells[0].source and nb.cells[0].metadata["tags"] == ["nbval-ignore-output"]
 
 
 # ------------------------------------------------------------------ through the grader, real kernels

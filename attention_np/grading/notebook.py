@@ -436,7 +436,8 @@ def add_guard(nb) -> list:
             cell.execution_count = None
     install = _guard_call("install", config)
     first = next((i for i, c in enumerate(nb.cells) if c.get("cell_type") == "code"), None)
-    if first is not None and cell_kind(nb.cells[first]) == "locked":
+    if (first is not None and cell_kind(nb.cells[first]) == "locked"
+            and "from __future__" not in cell_source(nb.cells[first])):   # a __future__ import must come first
         nb.cells[first].source = install + "\n" + cell_source(nb.cells[first])
     else:
         cell = nbformat.v4.new_code_cell(install)
