@@ -112,6 +112,8 @@ class MultiHeadLatentAttention(Module):
         x = as_float_array(x, "x")
         if x.ndim != 3 or x.shape[-1] != self.d_model:
             raise shape_error("x", f"(B, n, d_model={self.d_model})", x)
+        if x.shape[1] == 0:
+            raise ValueError(f"x must hold at least one token (n >= 1), got shape {x.shape}")
         return x
 
     def _mask(self, mask, causal, B, n, m):

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..nn.functional import causal_mask
 from ..nn.module import Module, default_rng, xavier_uniform
-from ..nn.validate import as_float_array, check_head_mask, check_int_array, shape_error
+from ..nn.validate import as_float_array, check_head_mask, check_int_array, positive_int, shape_error
 from .positional import rope as apply_rope, rope_backward
 from .scaled_dot_product import scaled_dot_product_attention, scaled_dot_product_attention_backward
 
@@ -81,6 +81,7 @@ def merge_heads_backward(dy, n_heads: int) -> np.ndarray:
 
 def repeat_kv(x, n_rep: int) -> np.ndarray:
     """``(..., H_kv, m, d) -> (..., H_kv*n_rep, m, d)``: head ``h`` gets group ``h // n_rep``."""
+    n_rep = positive_int(n_rep, "n_rep")
     x = np.asarray(x)
     if x.ndim < 3:
         raise shape_error("x", "(..., H_kv, m, d_head)", x)
@@ -89,6 +90,7 @@ def repeat_kv(x, n_rep: int) -> np.ndarray:
 
 def repeat_kv_backward(dy, n_rep: int) -> np.ndarray:
     """Backward of :func:`repeat_kv`: sum the gradients of the ``n_rep`` heads of each group."""
+    n_rep = positive_int(n_rep, "n_rep")
     dy = np.asarray(dy)
     if dy.ndim < 3 or dy.shape[-3] % n_rep:
         raise shape_error("dy", f"(..., H_kv*{n_rep}, m, d_head)", dy)
@@ -153,6 +155,8 @@ class MultiHeadAttention(Module):
         x = as_float_array(x, name)
         if x.ndim != 3 or x.shape[-1] != self.d_model:
             raise shape_error(name, f"(B, {'m' if name == 'context' else 'n'}, d_model={self.d_model})", x)
+        if x.shape[1] == 0:
+            raise ValueError(f"{name} must hold at least one token, got shape {x.shape}")
         return x
 
     def _positions(self, positions, length, name):

@@ -49,7 +49,7 @@ import numpy as np
 
 from ..nn.functional import softmax, softmax_backward
 from ..nn.module import Module, default_rng, xavier_uniform
-from ..nn.validate import as_float_array, check_int_array, check_mask, shape_error
+from ..nn.validate import as_float_array, check_int_array, check_mask, shape_error, positive_float, positive_int
 
 __all__ = [
     "sinusoidal_encoding", "rope_angles", "rope", "rope_backward", "alibi_slopes", "alibi_bias",
@@ -57,10 +57,7 @@ __all__ = [
 ]
 
 
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+_positive_int = positive_int
 
 
 # ---------------------------------------------------------------- sinusoidal
@@ -83,11 +80,13 @@ def sinusoidal_encoding(n: int, d: int, base: float = 10000.0) -> np.ndarray:
 # ---------------------------------------------------------------- RoPE
 def rope_angles(positions, d: int, base: float = 10000.0) -> np.ndarray:
     """Angles ``p * theta_i`` of shape ``positions.shape + (d/2,)``, ``theta_i = base^(-2i/d)``."""
+    base, d = positive_float(base, "base"), positive_int(d, "d")
     theta = base ** (-2.0 * np.arange(d // 2) / d)              # (d/2,)
     return np.asarray(positions, dtype=np.float64)[..., None] * theta   # (..., n, d/2)
 
 
 def _rope_setup(x, name, positions, base):
+    base = positive_float(base, "base")
     x = as_float_array(x, name)
     if x.ndim < 2 or x.shape[-1] % 2:
         raise shape_error(name, "(..., n, d) with an even head width d", x)

@@ -38,6 +38,11 @@ def check_qkv(q, k, v):
     m = k.shape[-2]
     if v.ndim < 2 or v.shape[-2] != m:
         raise shape_error("v", f"(..., m={m}, d_v)", v)
+    if d_k == 0:
+        raise ValueError(f"q and k must have a feature axis d_k >= 1, got q {q.shape} and k {k.shape}")
+    if m == 0:
+        raise ValueError(f"k and v must hold at least one key (m >= 1): a query needs something to attend to; "
+                         f"got k {k.shape}")
     try:
         lead = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     except ValueError:

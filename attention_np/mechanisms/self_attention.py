@@ -36,6 +36,8 @@ def _check_x(x, d_model):
     x = as_float_array(x, "x")
     if x.ndim < 2 or x.shape[-1] != d_model:
         raise shape_error("x", f"(B, n, d_model={d_model})", x)
+    if x.shape[-2] == 0:
+        raise ValueError(f"x must hold at least one token (n >= 1), got shape {x.shape}")
     return x
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .validate import as_float_array, check_int_array, check_mask, shape_error
+from .validate import as_float_array, check_int_array, check_mask, positive_int, shape_error
 
 
 # ---------------------------------------------------------------- softmax
@@ -182,6 +182,7 @@ def padding_mask(lengths, m: int) -> np.ndarray:
     attention modules that hide their heads (``MultiHeadAttention``,
     ``MultiHeadLatentAttention``) insert the head axis themselves.
     """
+    m = positive_int(m, "m")
     lengths = check_int_array(lengths, "lengths", expected="(B,)")
     if lengths.ndim != 1:
         raise shape_error("lengths", "(B,)", lengths)

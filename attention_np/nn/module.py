@@ -71,6 +71,48 @@ def _refuse_wrong_dout(module, method, args, kwargs, expected):
                      f"got {tuple(np.shape(args[0]))}") from cause
 
 
+# Constructor arguments that must be positive numbers, by annotation (sizes) or by name (eps, bases).
+_POSITIVE_FLOATS = {"eps", "base", "rope_base"}
+
+
+def check_sizes(owner: str, arguments: dict, annotations: dict) -> None:
+    """Refuse sizes that are not positive integers and eps/bases that are not positive numbers.
+
+    ``arguments`` maps a constructor's parameter names to the values passed;
+    ``annotations`` to their annotations (as strings, ``"int"`` or ``"int | None"``).
+    The one validation every module constructor goes through (see :class:`Module`).
+    """
+    from .validate import positive_float, positive_int
+
+    for name, value in arguments.items():
+        kind = str(annotations.get(name, "")).replace(" ", "")
+        try:
+            if kind in ("int", "int|None") and not (kind == "int|None" and value is None):
+                positive_int(value, name)
+            elif name in _POSITIVE_FLOATS and value is not None:
+                positive_float(value, name)
+        except ValueError as err:
+            raise ValueError(f"{err} (constructing {owner})") from None
+
+
+def _checks_sizes(init):
+    import functools
+    import inspect
+
+    signature = inspect.signature(init)
+    annotations = {name: p.annotation for name, p in signature.parameters.items()}
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
+        check_sizes(type(self).__name__, arguments, annotations)
+        init(self, *args, **kwargs)
+
+    wrapper._checks_sizes = True
+    return wrapper
+
+
 def _keeps_input_dtype(method, is_forward):
     """Wrap ``forward``/``backward`` so that float32 in gives float32 out (see :class:`Module`)."""
     import functools
@@ -107,11 +149,19 @@ class Module:
     computation runs at the parameters' precision and the result is cast down, the
     way master weights are kept in float64). ``backward`` returns input gradients
     in the dtype of the matching forward's inputs; parameter gradients stay in the
-    parameters' dtype.  Every subclass gets this from ``__init_subclass__``.
+    parameters' dtype.
+
+    **Checks.** Every constructor argument annotated ``int`` (a size) must be a
+    positive integer and ``eps``/``base``/``rope_base`` positive numbers
+    (:func:`check_sizes`); ``backward`` before ``forward`` and an upstream gradient
+    whose shape differs from the forward's output are named errors.  Every
+    subclass gets these from ``__init_subclass__``.
     """
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__ and not getattr(cls.__init__, "_checks_sizes", False):
+            cls.__init__ = _checks_sizes(cls.__init__)
         for name, is_forward in (("forward", True), ("backward", False)):
             method = cls.__dict__.get(name)
             if method is not None and not getattr(method, "_keeps_input_dtype", False):

@@ -109,3 +109,20 @@ def check_int_array(x, name: str, high: int | None = None, expected: str = "") -
             f"{name} must hold ids in [0, {high}), got values in [{arr.min()}, {arr.max()}]"
         )
     return arr
+
+
+def positive_int(value, name: str) -> int:
+    """``value`` as an int if it is a positive whole number (not a bool), else a ValueError naming ``name``."""
+    ok = (isinstance(value, (int, np.integer)) and not isinstance(value, bool)) or (
+        isinstance(value, (float, np.floating)) and float(value).is_integer())
+    if not ok or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def positive_float(value, name: str) -> float:
+    """``value`` as a float if it is a finite positive number, else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
