@@ -307,9 +307,22 @@ def _verify(gid):
         raise OffLimitsError(state.violations[gid])
 
 
-def enter_check(gid: str) -> None:
-    """First line of a graded check cell: fail it if its answer broke the rules so far."""
+def enter_check(gid: str, builtins_used=()) -> None:
+    """First line of a graded check cell: fail it if its answer broke the rules so far.
+
+    ``builtins_used``: the Python built-ins the check reads; a notebook global of that name
+    (``def isinstance(...)`` in a solution cell) would silently replace them in the check.
+    """
     _verify(gid)
+    if _STATE is None:
+        return
+    namespace = sys._getframe(1).f_globals
+    hidden = [name for name in builtins_used if name in namespace]
+    if hidden:
+        message = (f"{gid}: the notebook defines {', '.join(repr(n) for n in hidden)}, which hides Python's "
+                   "built-in the check uses; rename it in your code")
+        _STATE.violations.setdefault(gid, message)
+        raise TamperingError(message)
 
 
 def leave_check(gid: str) -> None:

@@ -389,8 +389,23 @@ def stored_outputs(nb) -> list:
 
 
 # ------------------------------------------------------------------- the guard
-def _guard_call(func: str, arg) -> str:
-    return f"__import__({GUARD_MODULE!r}, fromlist=[{func!r}]).{func}({arg!r})"
+def _guard_call(func: str, *args) -> str:
+    return f"__import__({GUARD_MODULE!r}, fromlist=[{func!r}]).{func}({', '.join(map(repr, args))})"
+
+
+def _builtins_used(source: str) -> list:
+    """Python built-ins a check cell reads (and does not assign itself)."""
+    import ast
+    import builtins
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    loads, stores = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (loads if isinstance(node.ctx, ast.Load) else stores).add(node.id)
+    return sorted((loads - stores) & set(dir(builtins)))
 
 
 def _ends_with_expression(source: str) -> bool:
@@ -425,7 +440,7 @@ def add_guard(nb) -> list:
         for src in sources:
             warnings.extend(static_warnings(ex.grade_id, src, names))
         src = cell_source(check)
-        new = _guard_call("enter_check", ex.grade_id) + "\n" + src
+        new = _guard_call("enter_check", ex.grade_id, _builtins_used(src)) + "\n" + src
         if not _ends_with_expression(src):
             new = new.rstrip("\n") + "\n" + _guard_call("leave_check", ex.grade_id)
         check.source = new

@@ -28,7 +28,7 @@ name          shape                  meaning
 ``out``       ``(..., n, d_v)``      :math:`O`, one context per query
 ============  =====================  ======================================
 
-Forward (MECHANISMS.md M10 b), vectorised over every (query, key) pair:
+Forward (Chapter 3), vectorised over every (query, key) pair:
 
 .. math::
     T = \tanh\bigl((Q W_q)[\dots, :, \text{None}, :] + (K W_k)[\dots, \text{None}, :, :]\bigr),\quad

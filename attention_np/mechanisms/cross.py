@@ -14,7 +14,7 @@ Shapes: decoder states ``Y = x (B, n, d_model)``, encoder memory
 source padding mask applies (no causal mask over the source): build it with
 ``padding_mask(source_lengths, m)`` of shape ``(B, 1, m)``.
 
-Backward (MECHANISMS.md M4 d): as self-attention, but the gradient splits by source,
+Backward (Chapter 10): as self-attention, but the gradient splits by source,
 
 .. math::
     dY = dQ\,W_Q^\top,\qquad dE = dK\,W_K^\top + dV\,W_V^\top .

@@ -4,7 +4,7 @@ Papers: Dao, Fu, Ermon, Rudra and Re (2022, NeurIPS), *FlashAttention: Fast and
 Memory-Efficient Exact Attention with IO-Awareness*; Dao (2023),
 *FlashAttention-2: Faster Attention with Better Parallelism and Work
 Partitioning*; Milakov and Gimelshein (2018), *Online normalizer calculation
-for softmax*.  MECHANISMS.md X5.
+for softmax*.  Chapter 19.
 
 Shapes: ``q (..., n, d_k)``, ``k (..., m, d_k)``, ``v (..., m, d_v)``; leading
 (batch, head) axes broadcast.  The result is *exactly* scaled dot-product
@@ -56,7 +56,7 @@ __all__ = ["flash_attention", "flash_attention_backward", "DEFAULT_BLOCK_SIZE"]
 #: NumPy the interpreter overhead per block dominates unless blocks are large,
 #: so ``python -m attention_np.bench efficient`` passes 512 (512 x 512 float32
 #: scores are 1 MiB per buffer, still O(1) in n).
-DEFAULT_BLOCK_SIZE = 64     # the contract's default (DESIGN.md); the benchmark uses 512, see bench/efficient.py
+DEFAULT_BLOCK_SIZE = 64     # the documented default; the benchmark uses 512, see bench/efficient.py
 
 
 def _setup(q, k, v, causal, block_size):

@@ -1,5 +1,5 @@
 r"""Global attention (Luong, Pham & Manning 2015, *Effective Approaches to
-Attention-based Neural Machine Translation*, EMNLP; MECHANISMS.md M11).
+Attention-based Neural Machine Translation*, EMNLP; Chapter 6).
 
 "Global" means every source position is attended (not Longformer's global
 tokens).  Inputs: the current decoder state ``h_t (B, d)`` -- computed by the

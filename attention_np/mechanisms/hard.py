@@ -5,7 +5,7 @@ hard attention"); Williams (1992), *Simple Statistical Gradient-Following
 Algorithms for Connectionist Reinforcement Learning* (REINFORCE); Bengio,
 Leonard, Courville (2013) (straight-through); Jang, Gu, Poole (ICLR 2017),
 *Categorical Reparameterization with Gumbel-Softmax*, and Maddison, Mnih, Teh
-(ICLR 2017), *The Concrete Distribution*.  MECHANISMS.md M2.
+(ICLR 2017), *The Concrete Distribution*.  Chapter 5.
 
 The scores are those of soft attention (``soft.py``, M1), without the gate:
 

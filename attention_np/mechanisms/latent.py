@@ -1,7 +1,7 @@
 r"""Multi-head latent attention (MLA) with decoupled RoPE and weight absorption.
 
 Paper: DeepSeek-AI (2024), *DeepSeek-V2: A Strong, Economical, and Efficient
-Mixture-of-Experts Language Model*, arXiv:2405.04434.  MECHANISMS.md M6 (RoPE: X3).
+Mixture-of-Experts Language Model*, arXiv:2405.04434.  Chapter 13 (RoPE: Chapter 9).
 
 Rows are tokens: ``x (B, n, d_model)``; ``H`` heads of width ``d_h``; latent
 widths ``d_c`` (keys/values) and ``d_c'`` (queries); RoPE width ``d_R``.

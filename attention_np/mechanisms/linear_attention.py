@@ -3,7 +3,7 @@ r"""Linear attention (kernel feature map) and Linformer (low-rank along the sequ
 Papers: Katharopoulos, Vyas, Pappas and Fleuret (2020, ICML), *Transformers are
 RNNs: Fast Autoregressive Transformers with Linear Attention*; Wang, Li,
 Khabsa, Fang and Ma (2020), *Linformer: Self-Attention with Linear
-Complexity*.  MECHANISMS.md X6 and X7.
+Complexity*.  Chapter 19.
 
 **Linear attention** replaces ``exp(q . k)`` by ``phi(q) . phi(k)`` with the
 positive feature map ``phi(x) = elu(x) + 1``.  Shapes ``q (..., n, d_k)``,

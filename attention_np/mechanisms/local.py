@@ -1,5 +1,5 @@
 r"""Local attention (Luong, Pham & Manning 2015, *Effective Approaches to
-Attention-based Neural Machine Translation*, EMNLP; MECHANISMS.md M12).
+Attention-based Neural Machine Translation*, EMNLP; Chapter 7).
 
 A decoder state ``h_t (B, d)`` attends only to the source positions
 ``s`` (0-based array indices ``0..S-1``) in a window ``|s - p_t| <= D`` around

@@ -23,7 +23,7 @@ with ``C = X`` (self-attention) or ``C = context`` (cross-attention).  Weights:
 Optionally (``rope=True``) queries and keys are rotated per head by RoPE
 (Su et al. 2021) at their absolute positions after the projection.
 
-Backward (MECHANISMS.md M5 d): ``dW_O = concat^T dY``, ``dconcat = dY W_O^T``;
+Backward (Chapter 11): ``dW_O = concat^T dY``, ``dconcat = dY W_O^T``;
 split heads; SDPA backward per head; the repeated key/value heads are **summed
 back** over each group, ``dK_g = sum_{h: g(h) = g} dK_h``; undo RoPE (rotate
 by ``-p theta``); merge heads; the projections' backward.  For self-attention

@@ -6,7 +6,7 @@ and its Applications* 9(1), 1964; G. S. Watson, "Smooth regression analysis",
 kernel-weighted average of observed ``y_i`` -- the oldest form of what is now
 called attention pooling.
 
-Attention pooling (MECHANISMS.md P3, P4)
+Attention pooling (Chapter 1)
 ----------------------------------------
 Scores ``e (..., n, m)`` (one row per query, one column per key) become weights
 by a softmax over the keys, and the output is the weighted average of values
@@ -137,7 +137,7 @@ def attention_pooling(scores, values, mask=None):
 
 
 def attention_pooling_backward(dout, values, weights):
-    """Return ``(dscores, dvalues)`` for :func:`attention_pooling` (MECHANISMS.md P3, P4)."""
+    """Return ``(dscores, dvalues)`` for :func:`attention_pooling` (Chapter 1)."""
     weights, values, lead = _check_pooling(weights, values)
     n, d_v = weights.shape[-2], values.shape[-1]
     dout = as_float_array(dout, "dout")

@@ -7,7 +7,7 @@ leading axes (batch, heads) broadcast against each other.
     S = \frac{Q K^\top}{\sqrt{d_k}} \in \mathbb R^{n\times m},\qquad
     P = \operatorname{softmax}(S + \text{mask}),\qquad O = P V \in \mathbb R^{n\times d_v}
 
-Backward (MECHANISMS.md M9 d), with ``s = 1/sqrt(d_k)``:
+Backward (Chapter 2), with ``s = 1/sqrt(d_k)``:
 
 .. math::
     dV = P^\top dO,\quad dP = dO\,V^\top,\quad

@@ -10,7 +10,7 @@ Vaswani, Shazeer, Parmar, Uszkoreit, Jones, Gomez, Kaiser, Polosukhin (2017),
 Shapes: ``X (B, n, d_model)``, ``W_Q, W_K (d_model, d_k)``, ``W_V (d_model, d_v)``,
 ``Q, K (B, n, d_k)``, ``V (B, n, d_v)``, weights ``P (B, n, n)``, ``O (B, n, d_v)``.
 
-Backward (MECHANISMS.md M3 d): the SDPA backward gives ``dQ, dK, dV``; then
+Backward (Chapter 8): the SDPA backward gives ``dQ, dK, dV``; then
 ``dW_Q = X^T dQ``, ``dW_K = X^T dK``, ``dW_V = X^T dV`` (summed over batch and
 positions) and, because ``X`` feeds all three projections,
 

@@ -3,7 +3,7 @@ r"""Deterministic soft attention with a gate (Xu et al. 2015, *Show, Attend and 
 Paper: Xu, Ba, Kiros, Cho, Courville, Salakhutdinov, Zemel, Bengio (ICML 2015),
 *Show, Attend and Tell: Neural Image Caption Generation with Visual Attention*,
 section 4.2 ("deterministic soft attention"); the scores are the additive
-scores of Bahdanau, Cho, Bengio (ICLR 2015).  MECHANISMS.md M1.
+scores of Bahdanau, Cho, Bengio (ICLR 2015).  Chapter 4.
 
 The paper writes column vectors (``W_a a_i``); we store weights ``(d_in, d_out)``
 and multiply rows (``a_i @ W_a``).  Shapes: annotations ``A (B, L, D)``,
@@ -23,7 +23,7 @@ previous decoder state ``h (B, d_state)``, hidden width ``d_a = d_hidden``.
 
 which asks every location to receive about one unit of attention over the caption.
 
-Backward (MECHANISMS.md M1 d), with ``c = sum_i alpha_i a_i`` and ``T = tanh(pre)``:
+Backward (Chapter 4), with ``c = sum_i alpha_i a_i`` and ``T = tanh(pre)``:
 ``dbeta = dz . c``, ``dalpha_i = beta dz . a_i``, ``da_i = beta alpha_i dz`` (value
 path); softmax backward gives ``de``; ``dw = sum_i de_i T_i``,
 ``dpre_i = de_i w * (1 - T_i^2)``, ``dW_a = sum_i a_i dpre_i^T``, ``db = sum_i dpre_i``,

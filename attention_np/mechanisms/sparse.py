@@ -5,7 +5,7 @@ Model of Attention and Multi-Label Classification*; Child, Gray, Radford and
 Sutskever (2019), *Generating Long Sequences with Sparse Transformers*;
 Beltagy, Peters and Cohan (2020), *Longformer: The Long-Document Transformer*;
 Zaheer et al. (2020, NeurIPS), *Big Bird: Transformers for Longer Sequences*.
-MECHANISMS.md M13.
+Chapter 16.
 
 Two different ideas live here and should not be confused:
 

@@ -1,6 +1,6 @@
 r"""Temporal attention over video frames (Yao, Torabi, Cho, Ballas, Pal, Larochelle
 & Courville 2015, *Describing Videos by Exploiting Temporal Structure*, ICCV;
-MECHANISMS.md M15).
+Chapter 18).
 
 A caption decoder at word step ``t`` looks back over the frame features
 ``frames (B, F, D)`` (Yao's :math:`v_1..v_n`), conditioned on its previous

@@ -4,7 +4,7 @@ Conventions: a backward takes the upstream gradient first and then exactly what
 it needs from the forward (its output ``y`` or its input ``x``), never a hidden
 cache.  Everything keeps the input's floating dtype (float32 stays float32).
 
-Softmax (MECHANISMS.md P3), per row of the last axis:
+Softmax (Chapter 2), per row of the last axis:
 
 .. math::
     M = \max_j s_j,\quad p_j = \frac{e^{s_j - M}}{\sum_k e^{s_k - M}},\qquad

@@ -1,4 +1,4 @@
-r"""Affine layer ``y = x W + b`` (MECHANISMS.md P1).
+r"""Affine layer ``y = x W + b`` (the backward is derived in Chapter 3).
 
 Shapes: ``x (..., d_in)``, ``W (d_in, d_out)``, ``b (d_out,)``, ``y (..., d_out)``.
 Backward, with every leading axis flattened into ``N``:

@@ -25,7 +25,7 @@ LSTM (Hochreiter & Schmidhuber 1997, with the forget gate of Gers, Schmidhuber
     i, f, o = \sigma(\cdot),\quad g = \tanh(x W_g + h U_g + b_g),\quad
     c' = f\odot c + i\odot g,\quad h' = o\odot\tanh(c')
 
-Backward of one step (MECHANISMS.md P1, P2) is written out in
+Backward of one step (affine layers and the tanh/sigmoid derivatives of Chapter 3) is written out in
 :func:`gru_cell_backward` / :func:`lstm_cell_backward`.  Backpropagation
 through time runs the steps in reverse order, adding the gradient that arrives
 from the output at step ``t`` to the gradient that arrives from step ``t+1``

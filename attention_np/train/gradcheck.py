@@ -1,4 +1,4 @@
-r"""Gradient checking by central finite differences (MECHANISMS.md P5).
+r"""Gradient checking by central finite differences (every chapter prints one).
 
 For a forward ``f`` and a fixed random "upstream gradient" ``G`` of the
 output's shape, the scalar ``L = sum(f(x) * G)`` has ``dL/dx`` equal to what a
