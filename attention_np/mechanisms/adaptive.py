@@ -1,8 +1,8 @@
 r"""Adaptive attention with a visual sentinel (Lu, Xiong, Parikh, Socher, CVPR 2017).
 
 Paper: *Knowing When to Look: Adaptive Attention via A Visual Sentinel for
-Image Captioning*, section 2.2 (spatial attention, eqs. 6-8), 2.3 (sentinel
-and adaptive context, eqs. 9-12).  MECHANISMS.md M8.
+Image Captioning*: spatial attention, the visual sentinel and the adaptive
+context vector.  Chapter 15.
 
 The paper writes columns (``W_v V``); we store weights ``(d_in, d_out)`` and
 multiply rows.  Shapes: regions ``V (B, k, d)``, current decoder state
