@@ -160,6 +160,21 @@ def test_tampering_with_what_checks_rely_on_fails_the_check(tamper, what):
                             "the check cannot be trusted")
 
 
+def test_a_global_hiding_a_builtin_the_check_uses_fails_the_check():
+    out = run_script(f'''
+        src = "def isinstance(*args):\\n    return True"
+        guard.install({{"ex1": {{"off_limits": ["{SOFTMAX}"], "cells": [cell_file_name(src)]}}}})
+        ns = {{"np": np, "guard": guard}}
+        exec(cell(src), ns)
+        out = {{"uses_it": attempt(cell("guard.enter_check('ex1', ['isinstance', 'len'])"), ns),
+                "does_not": attempt(cell("guard.enter_check('ex2', ['len'])"), ns)}}
+        print(json.dumps(out))
+    ''')
+    assert out["uses_it"] == ("TamperingError: ex1: the notebook defines 'isinstance', which hides Python's "
+                              "built-in the check uses; rename it in your code")
+    assert out["does_not"] == "ok"
+
+
 def test_add_guard_keeps_cell_numbers_and_wraps_each_check():
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("import numpy as np"),
@@ -175,7 +190,7 @@ def test_add_guard_keeps_cell_numbers_and_wraps_each_check():
     assert nb.cells[0].source.startswith("__import__('attention_np.grading.guard', fromlist=['install']).install(")
     assert nb.cells[0].source.endswith("\nimport numpy as np")
     lines = nb.cells[2].source.splitlines()
-    assert lines[0].endswith(".enter_check('ex1')") and lines[-1].endswith(".leave_check('ex1')")
+    assert lines[0].endswith(".enter_check('ex1', ['print'])") and lines[-1].endswith(".leave_check('ex1')")
     assert nb.cells[3].source == "" and nb.cells[3].outputs == []     # self-checks are not run
     nb.cells[0].source = "from __future__ import annotations"            # must stay the first statement
     nb.cells[2].metadata["tags"] = ["check"]
