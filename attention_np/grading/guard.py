@@ -37,7 +37,6 @@ such text in an answer so an instructor can look.
 from __future__ import annotations
 
 import builtins
-import functools
 import importlib
 import inspect
 import os
@@ -108,9 +107,6 @@ def resolve(dotted: str, callable_only: bool = False):
 # ------------------------------------------------------------------------------ state
 class _State:
     def __init__(self, config):
-        import attention_np
-        self.lib_dir = os.path.dirname(os.path.abspath(attention_np.__file__)) + os.sep
-        self.guard_file = os.path.abspath(__file__)
         self.off_limits = {gid: set(spec.get("off_limits", [])) for gid, spec in config.items()}
         self.cell_gids = {}                 # cell file base name -> exercise ids (stubs may coincide)
         for gid, spec in config.items():
