@@ -318,7 +318,11 @@ def release_problems(nb, name: str) -> list:
 def hidden_check_note(cell) -> str:
     """The comment-only source that replaces a check cell in the released exercise."""
     gid, points = grade_info(cell)
-    names = ", ".join(n.rpartition(".")[2] for n in off_limits_of(cell))
+    def short(dotted):                           # "MultiHeadAttention.forward" for a method, else the last name
+        parts = dotted.split(".")
+        return ".".join(parts[-2:]) if len(parts) > 2 and parts[-2][:1].isupper() else parts[-1]
+
+    names = ", ".join(short(n) for n in off_limits_of(cell))
     pts = f"{points:g}" if isinstance(points, (int, float)) else str(points)
     lines = [f"# {gid} ({pts} point{'s' if points != 1 else ''}) is graded by a hidden check.",
              "# See your points and the reason for any failure with:",
