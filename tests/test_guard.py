@@ -190,7 +190,7 @@ def test_add_guard_keeps_cell_numbers_and_wraps_each_check():
     assert nb.cells[0].source.startswith("__import__('attention_np.grading.guard', fromlist=['install']).install(")
     assert nb.cells[0].source.endswith("\nimport numpy as np")
     lines = nb.cells[2].source.splitlines()
-    assert lines[0].endswith(".enter_check('ex1', ['print'])") and lines[-1].endswith(".leave_check('ex1')")
+    assert lines[0].endswith(".enter_check('ex1', ['print'], ['f'])") and lines[-1].endswith(".leave_check('ex1')")
     assert nb.cells[3].source == "" and nb.cells[3].outputs == []     # self-checks are not run
     nb.cells[0].source = "from __future__ import annotations"            # must stay the first statement
     nb.cells[2].metadata["tags"] = ["check"]
@@ -202,11 +202,12 @@ def test_add_guard_keeps_cell_numbers_and_wraps_each_check():
 # ------------------------------------------------------------------ through the grader, real kernels
 SOLUTION_CELLS = [
     ("md", "intro", "# 93 guard: three exercises"),
-    ("code", "setup", "import numpy as np\nfrom attention_np.grading import assert_close, check_rng"),
+    ("code", "setup", "import numpy as np\nfrom attention_np.grading import assert_close, check_rng\n\n\n"
+                      "def sample(rng, shape):\n    return rng.standard_normal(shape)"),
     ("solution", "ex1-solution", "def my_softmax(x):\n    ### BEGIN SOLUTION\n    e = np.exp(x - x.max(axis=-1, keepdims=True))\n"
                                  "    return e / e.sum(axis=-1, keepdims=True)\n    ### END SOLUTION"),
     ("check", "ex1-check", "import numpy as np\nfrom attention_np.grading import assert_close, check_rng, reference\n"
-                           f"ref = reference({SOFTMAX!r})\nx = check_rng(1).standard_normal((3, 5))\n"
+                           f"ref = reference({SOFTMAX!r})\nx = sample(check_rng(1), (3, 5))\n"
                            "assert_close(my_softmax(x), ref(x), 'my_softmax(x)')\nprint('ex1 softmax: ok')"),
     ("solution", "ex2-solution", "def my_split_heads(x, n_heads):\n    ### BEGIN SOLUTION\n"
                                  "    *lead, n, width = x.shape\n"
@@ -243,6 +244,9 @@ SUBMISSIONS = {
         ex2="from attention_np.grading import reference\ndef my_split_heads(x, n_heads):\n"
             "    return reference('attention_np.mechanisms.multihead.split_heads')(x, n_heads)",
         ex3="import attention_np.grading as g\ng.assert_close = lambda *a, **k: None\ndef my_mask(n):\n    return None"),
+    "helper": answer(     # uniform weights are right only if the check's inputs are all equal
+        ex1="def sample(rng, shape):\n    return np.zeros(shape)\n\n\n"
+            "def my_softmax(x):\n    return np.full(x.shape, 1 / x.shape[-1])"),
     "building": answer(   # softmax is off limits in ex1 only: ex3 may use anything else of the library
         ex3="import attention_np as anp\ndef my_mask(n):\n    w = anp.softmax(np.zeros((n, n)))\n"
             "    return np.tril(w > 0)"),
@@ -312,6 +316,11 @@ def test_sys_modules_reference_and_tampering_score_zero(graded):
     assert got["ex2"] == (0, "OffLimitsError: ex2 calls attention_np.grading.reference, "
                              "which only the hidden check cells may use")
     assert got["ex3"][0] == 0 and "replaced attention_np.grading.assert_close" in got["ex3"][1], got["ex3"]
+
+
+def test_replacing_a_locked_helper_the_check_uses_scores_zero(graded):
+    assert graded["helper"]["ex1"] == (0, "TamperingError: ex1: a solution cell (ex1) replaced 'sample', which a "
+                                          "locked cell defines and the check uses; rename it in your code")
 
 
 def test_a_building_block_off_limits_elsewhere_stays_usable(graded):

@@ -247,6 +247,52 @@ def _replace_everywhere(original, proxy):
                         value[k] = proxy
 
 
+class _Watch:
+    """Which notebook globals a solution cell replaced after a locked cell had set them (IPython events)."""
+
+    def __init__(self, state, namespace):
+        self.state, self.ns = state, namespace
+        self.before = self._values()
+        self.owner = {name: "locked" for name in self.before}   # name -> "locked" | "student"
+        self.replaced = {}                                         # name -> exercise whose answer replaced it
+
+    def _values(self):
+        return {k: v for k, v in self.ns.items() if not k.startswith("_")}
+
+    def pre(self, info=None):
+        self.before = self._values()
+
+    def post(self, result=None):
+        raw = getattr(getattr(result, "info", None), "raw_cell", None) or ""
+        gids = self.state.cell_gids.get(cell_file_name(raw))
+        now = self._values()
+        for name, value in now.items():
+            if name in self.before and self.before[name] is value:
+                continue
+            if gids:
+                if self.owner.get(name) == "locked":
+                    self.replaced[name] = gids[0]
+                self.owner[name] = "student"
+            else:
+                self.owner[name] = "locked"
+                self.replaced.pop(name, None)
+        self.before = now
+
+
+def _watch_notebook(state):
+    try:
+        from IPython import get_ipython
+    except ImportError:   # pragma: no cover
+        return None
+    shell = get_ipython()
+    if shell is None:
+        return None
+    watch = _Watch(state, shell.user_ns)
+    shell.events.register("pre_run_cell", watch.pre)
+    shell.events.register("post_run_cell", watch.post)
+    return watch
+
+
 def install(config) -> None:
     """Guard the off-limits objects. ``config``: ``{gid: {"off_limits": [dotted], "cells": [file names]}}``."""
     global _STATE
@@ -269,6 +315,7 @@ def install(config) -> None:
                 setattr(owner, attr, _function_proxy(state, dotted, raw, f"{owner.__name__}.{attr}"))
         else:
             _replace_everywhere(original, _function_proxy(state, dotted, original, label))
+    state.watch = _watch_notebook(state)
     _STATE = state
 
 
@@ -303,21 +350,32 @@ def _verify(gid):
         raise OffLimitsError(state.violations[gid])
 
 
-def enter_check(gid: str, builtins_used=()) -> None:
+def enter_check(gid: str, builtins_used=(), globals_used=()) -> None:
     """First line of a graded check cell: fail it if its answer broke the rules so far.
 
     ``builtins_used``: the Python built-ins the check reads; a notebook global of that name
     (``def isinstance(...)`` in a solution cell) would silently replace them in the check.
+    ``globals_used``: the notebook globals it reads; one that a locked cell set (a helper such as
+    ``random_problem``) and a solution cell then replaced fails the check.
     """
     _verify(gid)
-    if _STATE is None:
+    state = _STATE
+    if state is None:
         return
     namespace = sys._getframe(1).f_globals
     hidden = [name for name in builtins_used if name in namespace]
     if hidden:
         message = (f"{gid}: the notebook defines {', '.join(repr(n) for n in hidden)}, which hides Python's "
                    "built-in the check uses; rename it in your code")
-        _STATE.violations.setdefault(gid, message)
+        state.violations.setdefault(gid, message)
+        raise TamperingError(message)
+    watch = getattr(state, "watch", None)
+    replaced = [name for name in globals_used if watch is not None and name in watch.replaced]
+    if replaced:
+        message = (f"{gid}: a solution cell ({watch.replaced[replaced[0]]}) replaced "
+                   f"{', '.join(repr(n) for n in replaced)}, which a locked cell defines and the check uses; "
+                   "rename it in your code")
+        state.violations.setdefault(gid, message)
         raise TamperingError(message)
 
 

@@ -397,19 +397,26 @@ def _guard_call(func: str, *args) -> str:
     return f"__import__({GUARD_MODULE!r}, fromlist=[{func!r}]).{func}({', '.join(map(repr, args))})"
 
 
-def _builtins_used(source: str) -> list:
-    """Python built-ins a check cell reads (and does not assign itself)."""
+def _names_read(source: str):
+    """``(built-ins, other globals)`` a check cell reads and never assigns itself."""
     import ast
     import builtins
     try:
         tree = ast.parse(source)
     except SyntaxError:
-        return []
+        return [], []
     loads, stores = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
             (loads if isinstance(node.ctx, ast.Load) else stores).add(node.id)
-    return sorted((loads - stores) & set(dir(builtins)))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            stores.add(node.name)
+        elif isinstance(node, ast.arg):
+            stores.add(node.arg)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            stores.update((a.asname or a.name).split(".")[0] for a in node.names)
+    read = loads - stores
+    return sorted(read & set(dir(builtins))), sorted(n for n in read - set(dir(builtins)) if not n.startswith("_"))
 
 
 def _ends_with_expression(source: str) -> bool:
@@ -444,7 +451,7 @@ def add_guard(nb) -> list:
         for src in sources:
             warnings.extend(static_warnings(ex.grade_id, src, names))
         src = cell_source(check)
-        new = _guard_call("enter_check", ex.grade_id, _builtins_used(src)) + "\n" + src
+        new = _guard_call("enter_check", ex.grade_id, *_names_read(src)) + "\n" + src
         if not _ends_with_expression(src):
             new = new.rstrip("\n") + "\n" + _guard_call("leave_check", ex.grade_id)
         check.source = new
