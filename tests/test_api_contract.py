@@ -85,3 +85,55 @@ def _public_objects():
 def test_every_public_class_and_function_has_a_docstring():
     missing = [name for name, obj in _public_objects().items() if not inspect.getdoc(obj)]
     assert not missing, f"no docstring: {missing}"
+
+
+# ---------------------------------------------------------------- item 8: small traps
+def test_mechanisms_export_the_functions_not_their_modules():
+    from attention_np.mechanisms import linear_attention as la, self_attention as sa
+    assert callable(la) and callable(sa) and inspect.isfunction(la) and inspect.isfunction(sa)
+    q = np.random.default_rng(0).standard_normal((2, 3, 4))
+    assert la(q, q, q).shape == (2, 3, 4)
+    from attention_np.mechanisms.linear_attention import linear_attention_backward   # the module still imports
+    assert callable(linear_attention_backward)
+
+
+def test_generate_refuses_what_it_cannot_do():
+    model = TinyTransformer(vocab_size=5, d_model=8, n_heads=2, n_layers=1, d_ff=8, max_len=6, causal=True,
+                            rng=np.random.default_rng(0))
+    prompt = np.array([[1, 2]])
+    with pytest.raises(ValueError, match=r"2 \+ n_new 5 = 7 tokens exceed max_len=6"):
+        model.generate(prompt, 5)
+    with pytest.raises(ValueError, match="n_new must be a non-negative integer, got -2"):
+        model.generate(prompt, -2)
+    assert model.generate(prompt, 4).shape == (1, 6)
+
+
+def test_cross_entropy_mask_must_be_boolean():
+    from attention_np import cross_entropy
+    logits, targets = np.zeros((2, 3)), np.array([0, 1])
+    with pytest.raises(ValueError, match="mask must be a boolean array"):
+        cross_entropy(logits, targets, mask=np.array([1, 0]))
+    assert np.isclose(cross_entropy(logits, targets, mask=np.array([True, False])), np.log(3))
+
+
+def test_softmax_of_a_scalar_is_a_named_error():
+    from attention_np import softmax
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., m\)"):
+        softmax(3.0)
+
+
+def test_kv_cache_refuses_to_change_precision_silently():
+    from attention_np.mechanisms import KVCache
+    for max_len in (None, 8):
+        cache = KVCache(max_len)
+        cache.append(np.zeros((1, 1, 2, 4), np.float32), np.zeros((1, 1, 2, 4), np.float32))
+        with pytest.raises(ValueError, match="cache's dtype float32, got float64"):
+            cache.append(np.zeros((1, 1, 1, 4)), np.zeros((1, 1, 1, 4)))
+
+
+def test_gumbel_softmax_needs_an_explicit_generator():
+    from attention_np.mechanisms import gumbel_softmax
+    with pytest.raises(ValueError, match="rng must be a numpy.random.Generator"):
+        gumbel_softmax(np.zeros(3), 1.0, None)
+    y, _ = gumbel_softmax(np.zeros(3), 1.0, np.random.default_rng(0))
+    assert np.isclose(y.sum(), 1.0)

@@ -28,6 +28,8 @@ module                      what it implements                           chapter
 The classes and most functional pairs are re-exported here; helpers whose
 names would be ambiguous across mechanisms stay in their modules.
 """
+import sys as _sys
+
 from .scaled_dot_product import scaled_dot_product_attention, scaled_dot_product_attention_backward
 from .pooling import NadarayaWatson, attention_pooling, attention_pooling_backward, nadaraya_watson, nadaraya_watson_backward
 from .additive import AdditiveAttention, additive_attention, additive_attention_backward
@@ -35,7 +37,7 @@ from .soft import SoftAttention, doubly_stochastic_penalty, soft_attention, soft
 from .hard import HardAttention, gumbel_softmax, gumbel_softmax_backward, reinforce_logit_gradient
 from .global_attention import GlobalAttention
 from .local import LocalAttention
-from .self_attention import SelfAttention
+from .self_attention import SelfAttention, self_attention, self_attention_backward
 from .positional import (
     RelativeSelfAttention, alibi_bias, alibi_slopes, rope, rope_backward, sinusoidal_encoding,
 )
@@ -52,7 +54,7 @@ from .sparse import (
 from .hierarchical import AttentionPooling, HierarchicalAttention
 from .temporal import TemporalAttention
 from .flash import flash_attention, flash_attention_backward
-from .linear_attention import LinformerAttention
+from .linear_attention import LinformerAttention, linear_attention, linear_attention_backward
 from .transformer import FeedForward, TinyTransformer, TransformerBlock
 
 _SUBMODULES = {
@@ -60,6 +62,10 @@ _SUBMODULES = {
     "positional", "cross", "multihead", "kv_cache", "latent", "memory", "adaptive", "sparse", "hierarchical",
     "temporal", "flash", "linear_attention", "transformer",
 }
-# (``self_attention`` and ``linear_attention`` name both a module and its main function; the
-# functions stay in their modules so that ``attention_np.mechanisms.linear_attention`` is the module.)
-__all__ = sorted(name for name in dir() if not name.startswith("_") and name not in _SUBMODULES)
+# ``self_attention`` and ``linear_attention`` name both a module and its main function.  The package
+# attribute is the *function* (``from attention_np.mechanisms import linear_attention`` gives what a user
+# means); the modules stay importable by their full dotted path, e.g.
+# ``from attention_np.mechanisms.linear_attention import linear_attention_backward``.
+__all__ = sorted(name for name in dir()
+                 if not name.startswith("_") and (name not in _SUBMODULES or callable(globals()[name])
+                                                  and not isinstance(globals()[name], type(_sys))))

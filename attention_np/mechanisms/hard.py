@@ -102,7 +102,9 @@ def gumbel_softmax(logits, tau: float, rng, hard: bool = False, mask=None):
     logits = as_float_array(logits, "logits")
     if not tau > 0:
         raise ValueError(f"tau must be positive, got {tau!r}")
-    rng = default_rng(rng)
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError("rng must be a numpy.random.Generator (randomness only through an explicit rng, "
+                         f"e.g. np.random.default_rng(0)), got {type(rng).__name__}")
     g = rng.gumbel(size=logits.shape).astype(logits.dtype)                  # (..., L) finite Gumbel(0, 1) noise
     y_soft = softmax((logits + g) * (1.0 / float(tau)), axis=-1, mask=mask) # (..., L)
     if not hard:

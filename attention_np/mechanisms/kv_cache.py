@@ -79,6 +79,9 @@ class KVCache:
         if self._k is not None and k.shape[:2] + k.shape[3:] != self._k.shape[:2] + self._k.shape[3:]:
             b, h, _, d = self._k.shape
             raise shape_error("k", f"(B={b}, H_kv={h}, s, d_head={d})", k)
+        if self._k is not None and k.dtype != self._k.dtype:
+            raise ValueError(f"k and v must have the cache's dtype {self._k.dtype}, got {k.dtype}: "
+                             f"convert them (or start a new cache) instead of silently changing precision")
         s = k.shape[2]
         if self.max_len is None:
             self._k = k if self._k is None else np.concatenate([self._k, k], axis=2)   # (B, H_kv, T+s, d)

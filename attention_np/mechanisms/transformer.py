@@ -218,8 +218,14 @@ class TinyTransformer(Module):
     def generate(self, prompt, n_new: int) -> np.ndarray:
         """Greedy decoding: ``prompt (B, s)`` -> ``(B, s + n_new)`` ids, prefill then one token at a time."""
         prompt = check_int_array(prompt, "prompt", high=self.vocab_size, expected="(B, s)")
-        if prompt.ndim != 2:
-            raise shape_error("prompt", "(B, s)", prompt)
+        if prompt.ndim != 2 or prompt.shape[1] < 1:
+            raise shape_error("prompt", "(B, s) with s >= 1", prompt)
+        if isinstance(n_new, bool) or int(n_new) != n_new or n_new < 0:
+            raise ValueError(f"n_new must be a non-negative integer, got {n_new!r}")
+        n_new = int(n_new)
+        if prompt.shape[1] + n_new > self.max_len:
+            raise ValueError(f"prompt length {prompt.shape[1]} + n_new {n_new} = {prompt.shape[1] + n_new} tokens "
+                             f"exceed max_len={self.max_len}, the longest sequence this model has positions for")
         was_training = self.training
         self.eval()
         caches = self.new_caches()

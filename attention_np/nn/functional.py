@@ -29,6 +29,8 @@ def softmax(x, axis: int = -1, mask=None) -> np.ndarray:
     Fully masked slices come back as zeros.
     """
     x = as_float_array(x, "x")
+    if x.ndim == 0:
+        raise shape_error("x", "(..., m) with at least one axis", x)
     if mask is not None:
         mask = check_mask(mask, x.shape)
         x = np.where(mask, x, -np.inf)                      # masked logits -> -inf

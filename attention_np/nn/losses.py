@@ -24,7 +24,9 @@ def _valid(logits, targets, mask, ignore_index):
     if ignore_index is not None:
         valid &= targets != ignore_index
     if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_:
+            raise ValueError(f"mask must be a boolean array (True = the position counts), got dtype {mask.dtype}")
         if mask.shape != targets.shape:
             raise shape_error("mask", str(targets.shape), mask)
         valid &= mask
