@@ -1,6 +1,6 @@
 r"""Hierarchical attention networks (Yang, Yang, Dyer, He, Smola & Hovy 2016,
 *Hierarchical Attention Networks for Document Classification*, NAACL;
-MECHANISMS.md M14).
+Chapter 17).
 
 A document is ``L`` sentences of ``T`` words.  Words are embedded
 (:math:`x_{it} = W_e w_{it}`), read by a bidirectional GRU
