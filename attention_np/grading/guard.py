@@ -27,7 +27,9 @@ compares against; called with a student frame on the stack it refuses.
 
 ``enter_check``/``leave_check`` also detect tampering with what checks rely on: the grading
 helpers, ``numpy``'s functions and ``builtins`` are compared by identity with their values at
-install time.
+install time; a notebook global that hides a built-in the check reads, or that replaces a value
+a locked cell set and the check reads (IPython's ``pre_run_cell``/``post_run_cell`` events record
+which cell last set each global), fails the check too.
 
 Limits (stated in the README): this is an in-process guard.  It stops the ordinary routes, but a
 student who deliberately digs out the original through interpreter internals (``gc``, closures,
