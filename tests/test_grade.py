@@ -115,13 +115,18 @@ def submissions():
         "return dy", 'print("debug: shape", dy.shape)\n    return dy'))
     put("stray_print", nb)
 
-    nb = solution_json()                          # silences the check's own "ok" line: output differs
-    set_source(nb, "ex5-solution", source_of(nb, "ex5-solution") + "\n\n\ndef print(*args, **kwargs):\n    pass")
+    nb = solution_json()                          # swallows the check's own "ok" line: output differs
+    set_source(nb, "ex5-solution", "import io\nimport sys\n\n" + source_of(nb, "ex5-solution").replace(
+        "return dy", "sys.stdout = io.StringIO()\n    return dy"))
     put("silenced", nb)
 
     put("syntax_error", set_source(solution_json(), "ex3-solution",
                                    "d_k = 16\nscale = (1.0 / math.sqrt(d_k)\nprint(d_k)"))
     put("copied", solution_json(), filename="90_fixture-Copy1.ipynb")
+    nb = solution_json()                          # a plot drawn inside a correct function
+    set_source(nb, "ex2-solution", "import matplotlib.pyplot as plt\n\n" + source_of(nb, "ex2-solution").replace(
+        '"""\n', '"""\n    plt.plot(z.reshape(-1)[:5])\n    plt.show()\n', 1))
+    put("plots", nb)
 
     nb = solution_json()
     nb["metadata"]["kernelspec"] = {"name": "julia-1.9", "display_name": "Julia 1.9", "language": "julia"}
@@ -293,6 +298,13 @@ def test_stray_print_in_a_correct_function_costs_nothing_and_is_noted(batch):
     note = next(e["note"] for e in r["exercises"] if e["id"] == "ex5")
     assert "extra line(s) on stdout" in note and "debug: shape" in note
     assert "note: " in batch["stdout"]
+
+
+def test_a_plot_inside_a_correct_function_costs_nothing(batch):
+    r = batch["reports"]["plots"]
+    assert r["total"] == FULL, r["exercises"]
+    note = next(e["note"] for e in r["exercises"] if e["id"] == "ex2")
+    assert "extra display output(s)" in note
 
 
 def test_the_checks_own_output_must_still_appear(batch):
