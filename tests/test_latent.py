@@ -60,7 +60,7 @@ def test_parameter_shapes():
 def test_forward_matches_equations():
     mla = small(1)
     x = np.random.default_rng(1).standard_normal((2, 5, 6))
-    out = mla(x)
+    out = mla(x, causal=True)
     assert out.shape == (2, 5, 6)
     np.testing.assert_allclose(out, reference(mla, x), atol=1e-12)
     assert mla.weights.shape == (2, 2, 5, 5)
@@ -112,14 +112,14 @@ def test_absorbed_matrices_reproduce_forward():
             s = np.where(np.tril(np.ones((6, 6), bool)), s, -np.inf)
             p = np.exp(s - s.max(axis=1, keepdims=True))
             out[b] += (p / p.sum(axis=1, keepdims=True)) @ c_kv @ W_vo
-    np.testing.assert_allclose(mla.forward(x), out, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(mla.forward_absorbed(x), out, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(mla.forward(x, causal=True), out, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(mla.forward_absorbed(x, causal=True), out, rtol=0, atol=1e-12)
 
 
 def test_incremental_decoding_equals_full_forward():
     mla = small(5)
     x = np.random.default_rng(5).standard_normal((2, 7, 6))
-    full = mla.forward(x)
+    full = mla.forward(x, causal=True)
     # token by token from an empty cache
     cache, outs = None, []
     for t in range(7):
@@ -160,7 +160,7 @@ def test_causality_and_rope_matter():
     x = rng.standard_normal((1, 6, 6))
     y = x.copy()
     y[:, 4:] += rng.standard_normal((1, 2, 6))
-    np.testing.assert_allclose(mla(x)[:, :4], mla(y)[:, :4], atol=1e-14)   # future tokens invisible
+    np.testing.assert_allclose(mla(x, causal=True)[:, :4], mla(y, causal=True)[:, :4], atol=1e-14)   # future tokens invisible
     # with W_KR = 0 the RoPE path is silent: the output then changes, so the path is used
     before = mla(x)
     mla.params["W_KR"][...] = 0.0
@@ -189,3 +189,12 @@ def test_bad_input():
         mla.forward_incremental(np.zeros((2, 1, 6)), {"c_kv": np.zeros((2, 3, 4))})
     with pytest.raises(ValueError, match="cache\\['k_r'\\]"):
         mla.forward_incremental(np.zeros((2, 1, 6)), {"c_kv": np.zeros((2, 3, 4)), "k_r": np.zeros((2, 2, 4))})
+
+
+def test_causal_is_off_by_default_as_in_every_attention_module():
+    """One contract: ``causal=False`` unless asked, in MLA as in MultiHeadAttention and SelfAttention."""
+    mla = small()
+    x = np.random.default_rng(1).standard_normal((1, 4, mla.d_model))
+    mla(x)
+    assert np.all(mla.weights[..., 0, 1:] > 0), "a default call must let token 0 see later tokens"
+    np.testing.assert_allclose(mla.forward_absorbed(x), mla(x), atol=1e-12)

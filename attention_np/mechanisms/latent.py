@@ -54,9 +54,9 @@ __all__ = ["MultiHeadLatentAttention"]
 
 
 class MultiHeadLatentAttention(Module):
-    """DeepSeek-V2 multi-head latent attention (self-attention, causal by default).
+    """DeepSeek-V2 multi-head latent attention (self-attention; pass ``causal=True`` for a decoder).
 
-    ``forward(x (B, n, d_model), mask=None, causal=True)`` -> ``(B, n, d_model)``,
+    ``forward(x (B, n, d_model), mask=None, causal=False)`` -> ``(B, n, d_model)``,
     the naive (training) form; ``backward(dout)`` -> ``dx``.
     ``forward_absorbed`` computes the same output by scoring against the
     latents.  ``forward_incremental(x_new, cache)`` decodes with a cache that
@@ -135,7 +135,7 @@ class MultiHeadLatentAttention(Module):
         return c_kv, c_q, q_c, q_r, k_r
 
     # ------------------------------------------------------------- naive form (training)
-    def forward(self, x, mask=None, causal: bool = True) -> np.ndarray:
+    def forward(self, x, mask=None, causal: bool = False) -> np.ndarray:
         """Naive MLA: materialise per-head keys and values, then SDPA.
 
         ``mask`` (boolean, True = may attend) must broadcast to ``(B, H, n, n)``
@@ -204,7 +204,7 @@ class MultiHeadLatentAttention(Module):
         self.weights = weights
         return self._merge(context) @ P["W_o"]                           # (B, n, d_model)
 
-    def forward_absorbed(self, x, mask=None, causal: bool = True) -> np.ndarray:
+    def forward_absorbed(self, x, mask=None, causal: bool = False) -> np.ndarray:
         """Same output as :meth:`forward`, computed by scoring queries against the latents."""
         x = self._check_x(x)
         B, n, _ = x.shape
