@@ -1,11 +1,14 @@
 """In-process units of the grader: student names and LMS layouts, sharding, messages (syntax
 errors, knock-on failures, "× expected"), the closing count. No kernels: fast."""
+import time
 from pathlib import Path
+from queue import Empty
 
 import numpy as np
 import pytest
 
 from attention_np.grading import assert_close
+from attention_np.grading._nbplugin import _patch_kernel
 from attention_np.grading.scoring import _locked_failure_warnings, syntax_message
 from attention_np.grading.names import identify
 from attention_np.grading.notebook import load_solution
@@ -79,3 +82,41 @@ def test_closing_line_counts_and_never_says_graded_fully_when_all_are_zero():
     assert line == "3 submission(s): 2 graded (0 full marks, 0 partial, 2 zero), 1 unreadable"
     line = closing_line([rep(2), rep(1), rep(0, "not graded: kernel did not start")])
     assert line.startswith("3 submission(s): 2 graded (1 full marks, 1 partial, 0 zero), 0 unreadable, 1 NOT GRADED")
+
+
+class _SlowKernel:
+    """A live kernel whose output arrives ``delay`` seconds late (a machine under load)."""
+
+    def __init__(self, delay):
+        self.ready_at = time.monotonic() + delay
+
+    def get_message(self, stream, timeout=None):
+        if time.monotonic() < self.ready_at:
+            time.sleep(min(timeout or 0.05, 0.05))
+            raise Empty
+        return {"stream": stream}
+
+    def is_alive(self):
+        return True
+
+    def interrupt(self):
+        pass
+
+
+def test_late_output_of_a_live_kernel_is_waited_for_unless_it_was_interrupted():
+    # nbval gives up on output after a few seconds and stops the kernel: every later exercise
+    # then failed, a correct notebook scored 0 on a busy machine. The plugin waits longer ...
+    kernel = _SlowKernel(delay=0.6)
+    _patch_kernel(kernel, grace=5.0)
+    assert kernel.get_message("iopub", timeout=0.2) == {"stream": "iopub"}
+    # ... but not after a timeout's interrupt (code that ignores SIGINT is still caught fast) ...
+    kernel = _SlowKernel(delay=0.6)
+    _patch_kernel(kernel, grace=5.0)
+    kernel.interrupt()
+    with pytest.raises(Empty):
+        kernel.get_message("iopub", timeout=0.2)
+    # ... and never for the shell channel, whose timeout is the cell timeout itself.
+    kernel = _SlowKernel(delay=0.6)
+    _patch_kernel(kernel, grace=5.0)
+    with pytest.raises(Empty):
+        kernel.get_message("shell", timeout=0.2)
