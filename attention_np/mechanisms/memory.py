@@ -31,7 +31,7 @@ layer-wise).  Embedding gradients are scatter-adds (``np.add.at``): word ``j``
 of sentence ``i`` adds ``l_j * dm_i`` into row ``story[b, i, j]``; a tied table
 accumulates the gradients of every role it plays.
 
-Linear start (paper section 4.2): while ``linear_start`` is True the hop softmaxes
+Linear start (described with the paper's bAbI training details): while ``linear_start`` is True the hop softmaxes
 are removed, ``p^k = u^{k\top} m^k_i`` (zero on masked slots), and the backward
 skips the softmax Jacobian (``ds = dp``); training then sets it back to False.
 
