@@ -104,7 +104,7 @@ def test_gradcheck_every_parameter(tying, n_hops, use_mask):
 @pytest.mark.parametrize("tying", ["adjacent", "layerwise"])
 @pytest.mark.parametrize("use_mask", [False, True])
 def test_gradcheck_linear_start(tying, use_mask):
-    """Linear start (the paper's bAbI training): the hop softmaxes are removed, p^k = u^k . m_i; every gradient still checks."""
+    """Linear start (the paper's bAbI training): no hop softmaxes, p^k = u^k . m_i; every gradient still checks."""
     story, query, mask = _data()
     net = MemoryNetwork(V, D, 3, N, J, tying=tying, rng=np.random.default_rng(1), init_std=0.5)
     net.linear_start = True

@@ -31,8 +31,8 @@ layer-wise).  Embedding gradients are scatter-adds (``np.add.at``): word ``j``
 of sentence ``i`` adds ``l_j * dm_i`` into row ``story[b, i, j]``; a tied table
 accumulates the gradients of every role it plays.
 
-Linear start (described with the paper's bAbI training details): while ``linear_start`` is True the hop softmaxes
-are removed, ``p^k = u^{k\top} m^k_i`` (zero on masked slots), and the backward
+Linear start (from the paper's bAbI training): while ``linear_start`` is True the
+hop softmaxes are removed, ``p^k = u^{k\top} m^k_i`` (zero on masked slots), and the backward
 skips the softmax Jacobian (``ds = dp``); training then sets it back to False.
 
 Word id ``nil_id`` (default 0, the project's PAD) embeds to the zero vector, so
