@@ -21,12 +21,20 @@ class Embedding(Module):
         self.add_param("W", rng.normal(0.0, 1.0 / np.sqrt(self.d), size=(self.vocab_size, self.d)))
 
     def forward(self, ids) -> np.ndarray:
+        """Integer ``ids (...)`` in ``[0, vocab_size)``, e.g. ``(B, n)`` -> rows ``W[ids]`` ``(..., d)``.
+
+        Caches ``ids``.
+        """
         ids = check_int_array(ids, "ids", high=self.vocab_size, expected="(...) of token ids")
         self.cache = ids
         return self.params["W"][ids]                           # (..., d)
 
     def backward(self, dout) -> None:
-        """Scatter-add ``dout (..., d)`` into ``grads['W']``; integer ids have no gradient."""
+        """Scatter-add ``dout (..., d)`` into ``grads['W']`` ``(vocab_size, d)``; returns ``None``.
+
+        Integer ids have no gradient.  A token that occurs several times adds
+        one row of ``dout`` per occurrence.
+        """
         ids = self.cache
         np.add.at(self.grads["W"], ids.reshape(-1), dout.reshape(-1, self.d))
         return None

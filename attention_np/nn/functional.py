@@ -25,8 +25,13 @@ from .validate import as_float_array, check_int_array, check_mask, positive_int,
 def softmax(x, axis: int = -1, mask=None) -> np.ndarray:
     """Numerically stable softmax along ``axis``; optional boolean ``mask`` (True = keep).
 
-    ``x`` has any shape ``(..., m)``; ``mask`` must broadcast to ``x.shape``.
-    Fully masked slices come back as zeros.
+    ``x (..., m)``: any shape with at least one axis (``axis`` picks the one that
+    is normalised, the last by default).  ``mask``: boolean, True = may attend,
+    either at most two axes (e.g. ``(n, m)`` or ``(m,)``, shared by every leading
+    axis) or one axis per axis of ``x`` (size 1 where it broadcasts).
+    Returns the weights ``(..., m)``, same shape and floating dtype as ``x``;
+    each slice sums to 1, masked entries are exactly 0 and fully masked slices
+    come back as zeros (never NaN).  Chapter 2.
     """
     x = as_float_array(x, "x")
     if x.ndim == 0:
@@ -49,7 +54,10 @@ def softmax(x, axis: int = -1, mask=None) -> np.ndarray:
 def softmax_backward(dy, y, axis: int = -1) -> np.ndarray:
     """Backward of softmax: ``dx = y * (dy - sum(dy * y))`` (a Jacobian-vector product).
 
-    ``y`` is the forward's output. Masked entries (``y == 0``) receive zero gradient.
+    ``dy (..., m)`` is the upstream gradient and ``y (..., m)`` the forward's
+    output (same shape), the sum running along ``axis``.  Returns
+    ``dx (..., m)``.  Masked entries (``y == 0``) receive zero gradient.
+    No mask argument is needed: the zeros in ``y`` carry it.  Chapter 2.
     """
     dx = dy - np.sum(dy * y, axis=axis, keepdims=True)
     dx *= y
@@ -57,12 +65,19 @@ def softmax_backward(dy, y, axis: int = -1) -> np.ndarray:
 
 
 def masked_softmax(x, mask, axis: int = -1) -> np.ndarray:
-    """``softmax(x, axis, mask)`` with the mask as a required argument."""
+    """``softmax(x, axis, mask)`` with the mask as a required argument.
+
+    ``x (..., m)`` scores, ``mask`` boolean (True = may attend), ``(n, m)``,
+    ``(m,)`` or one axis per axis of ``x``; returns weights ``(..., m)``.
+    """
     return softmax(x, axis=axis, mask=mask)
 
 
 def logsumexp(x, axis: int = -1, keepdims: bool = False) -> np.ndarray:
-    """Stable ``log(sum(exp(x)))`` along ``axis``."""
+    """Stable ``log(sum(exp(x)))`` along ``axis`` (the row maximum is subtracted first).
+
+    ``x (..., m)`` -> ``(...)``, or ``(..., 1)`` with ``keepdims=True``.
+    """
     x = as_float_array(x, "x")
     x_max = np.max(x, axis=axis, keepdims=True)
     out = x_max + np.log(np.sum(np.exp(x - x_max), axis=axis, keepdims=True))
@@ -70,45 +85,70 @@ def logsumexp(x, axis: int = -1, keepdims: bool = False) -> np.ndarray:
 
 
 def log_softmax(x, axis: int = -1) -> np.ndarray:
-    """Stable ``log(softmax(x))`` along ``axis``."""
+    """Stable ``log(softmax(x))`` along ``axis``: ``x - logsumexp(x)``.
+
+    ``x (..., m)`` -> log-probabilities ``(..., m)``, never ``-inf`` for finite
+    ``x`` (unlike ``log(softmax(x))`` when a probability underflows).
+    """
     x = as_float_array(x, "x")
     return x - logsumexp(x, axis=axis, keepdims=True)
 
 
 def log_softmax_backward(dy, y, axis: int = -1) -> np.ndarray:
-    """Backward of log_softmax given its output ``y``: ``dx = dy - softmax(x) * sum(dy)``."""
+    """Backward of log_softmax given its output ``y``: ``dx = dy - softmax(x) * sum(dy)``.
+
+    ``dy (..., m)`` upstream gradient, ``y (..., m)`` the forward's output
+    (``softmax(x) = exp(y)``); returns ``dx (..., m)``.
+    """
     return dy - np.exp(y) * np.sum(dy, axis=axis, keepdims=True)
 
 
 # ---------------------------------------------------------------- activations
 def tanh(x) -> np.ndarray:
+    """Hyperbolic tangent, elementwise: ``x (...)`` of any shape -> ``(...)``, values in ``(-1, 1)``."""
     return np.tanh(as_float_array(x, "x"))
 
 
 def tanh_backward(dy, y) -> np.ndarray:
-    """``y = tanh(x)``: ``dx = dy * (1 - y**2)``."""
+    """``y = tanh(x)``: ``dx = dy * (1 - y**2)``.
+
+    ``dy (...)`` and the forward's output ``y (...)`` have the same (any)
+    shape; returns ``dx (...)``.
+    """
     return dy * (1.0 - y * y)
 
 
 def sigmoid(x) -> np.ndarray:
-    """Logistic function, stable for large |x| (no overflow warnings)."""
+    """Logistic function ``1 / (1 + e^-x)``, elementwise, stable for large |x| (no overflow warnings).
+
+    ``x (...)`` of any shape -> ``(...)``, values in ``[0, 1]``.
+    """
     x = as_float_array(x, "x")
     z = np.exp(-np.abs(x))                          # in (0, 1]: never overflows
     return np.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
 
 
 def sigmoid_backward(dy, y) -> np.ndarray:
-    """``y = sigmoid(x)``: ``dx = dy * y * (1 - y)``."""
+    """``y = sigmoid(x)``: ``dx = dy * y * (1 - y)``.
+
+    ``dy (...)`` and the forward's output ``y (...)``, same (any) shape;
+    returns ``dx (...)``.
+    """
     return dy * y * (1.0 - y)
 
 
 def relu(x) -> np.ndarray:
+    """``max(x, 0)``, elementwise: ``x (...)`` of any shape -> ``(...)``."""
     x = as_float_array(x, "x")
     return np.maximum(x, 0.0)
 
 
 def relu_backward(dy, x) -> np.ndarray:
-    """``dx = dy`` where ``x > 0``, else 0 (the kink at 0 gets 0)."""
+    """``dx = dy`` where ``x > 0``, else 0 (the kink at 0 gets 0).
+
+    Takes the forward's *input* ``x (...)`` (not its output) and ``dy (...)``
+    of the same shape; returns ``dx (...)``.
+    """
     return dy * (x > 0)
 
 
@@ -116,13 +156,20 @@ _GELU_C = float(np.sqrt(2.0 / np.pi))
 
 
 def gelu(x) -> np.ndarray:
-    """GELU, tanh approximation: ``0.5 x (1 + tanh(c (x + 0.044715 x^3)))``, ``c = sqrt(2/pi)``."""
+    """GELU, tanh approximation: ``0.5 x (1 + tanh(c (x + 0.044715 x^3)))``, ``c = sqrt(2/pi)``.
+
+    Hendrycks & Gimpel (2016), *Gaussian Error Linear Units*.  Elementwise:
+    ``x (...)`` of any shape -> ``(...)``.
+    """
     x = as_float_array(x, "x")
     return 0.5 * x * (1.0 + np.tanh(_GELU_C * (x + 0.044715 * x**3)))
 
 
 def gelu_backward(dy, x) -> np.ndarray:
-    """Derivative of the tanh-approximated GELU, given the input ``x``."""
+    """Backward of :func:`gelu`: ``dx = dy * gelu'(x)``, given the forward's *input* ``x``.
+
+    ``dy (...)`` and ``x (...)`` have the same (any) shape; returns ``dx (...)``.
+    """
     u = _GELU_C * (x + 0.044715 * x**3)
     t = np.tanh(u)
     du = _GELU_C * (1.0 + 3 * 0.044715 * x**2)
@@ -130,19 +177,28 @@ def gelu_backward(dy, x) -> np.ndarray:
 
 
 def elu(x, alpha: float = 1.0) -> np.ndarray:
-    """``x`` for ``x > 0``, ``alpha (e^x - 1)`` otherwise (no overflow for large x)."""
+    """ELU (Clevert et al. 2016): ``x`` for ``x > 0``, ``alpha (e^x - 1)`` otherwise (no overflow for large x).
+
+    Elementwise: ``x (...)`` of any shape -> ``(...)``.
+    """
     x = as_float_array(x, "x")
     return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0)))
 
 
 def elu_backward(dy, x, alpha: float = 1.0) -> np.ndarray:
-    """``dx = dy`` where ``x > 0``, ``dy * alpha * e^x`` elsewhere."""
+    """Backward of :func:`elu`: ``dx = dy`` where ``x > 0``, ``dy * alpha * e^x`` elsewhere.
+
+    Takes the forward's *input* ``x (...)`` and ``dy (...)`` of the same shape;
+    returns ``dx (...)``.
+    """
     return dy * np.where(x > 0, 1.0, alpha * np.exp(np.minimum(x, 0.0)))
 
 
 def elu_plus_one(x) -> np.ndarray:
     """The positive feature map of linear attention: ``phi(x) = elu(x) + 1 > 0``.
 
+    Katharopoulos et al. (2020), *Transformers are RNNs* (Chapter 19).
+    Elementwise: ``x (...)`` of any shape, e.g. ``(..., n, d_k)`` -> ``(...)``.
     Computed as ``x + 1`` for ``x > 0`` and ``exp(x)`` otherwise (the same
     function); writing ``(exp(x) - 1) + 1`` would round to exactly 0 already at
     ``x <= -18`` in float32, ``exp(x)`` only underflows at about ``-104``.
@@ -152,6 +208,11 @@ def elu_plus_one(x) -> np.ndarray:
 
 
 def elu_plus_one_backward(dy, x) -> np.ndarray:
+    """Backward of :func:`elu_plus_one`: ``dx = dy`` where ``x > 0``, ``dy * e^x`` elsewhere.
+
+    Takes the forward's *input* ``x (...)`` and ``dy (...)`` of the same shape;
+    returns ``dx (...)`` (the ``+ 1`` has no gradient, so this is ELU's backward).
+    """
     return elu_backward(dy, x)
 
 
@@ -159,7 +220,7 @@ def elu_plus_one_backward(dy, x) -> np.ndarray:
 def causal_mask(n: int, m: int | None = None) -> np.ndarray:
     """Boolean ``(n, m)`` mask, True where query ``i`` may attend key ``j``.
 
-    With ``m = n`` this is ``j <= i``.  With a cached prefix (``m > n``: the
+    ``n`` queries, ``m`` keys (default ``n``), ``m >= n``.  With ``m = n`` this is ``j <= i``.  With a cached prefix (``m > n``: the
     ``n`` queries are the *last* ``n`` of ``m`` positions) query ``i`` sits at
     absolute position ``i + (m - n)``, so it may attend ``j <= i + (m - n)``.
     """
@@ -176,6 +237,8 @@ def causal_mask(n: int, m: int | None = None) -> np.ndarray:
 
 def padding_mask(lengths, m: int) -> np.ndarray:
     """Boolean ``(B, 1, m)`` mask, True for the first ``lengths[b]`` keys of example ``b``.
+
+    ``lengths (B,)``: integers in ``[0, m]``; ``m``: the number of keys.
 
     The middle axis of length 1 broadcasts over the queries of ``(B, n, m)``
     attention weights; for per-head weights ``(B, H, n, m)`` use ``mask[:, None]``
@@ -196,6 +259,9 @@ def padding_mask(lengths, m: int) -> np.ndarray:
 # ---------------------------------------------------------------- broadcasting
 def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
     """Sum ``grad`` over the axes that broadcasting added or stretched, to get ``shape``.
+
+    ``grad (..., *shape')`` where ``shape`` broadcasts to ``grad.shape``;
+    returns an array of exactly ``shape``.
 
     The backward of an implicit broadcast is a sum: if a ``(1, m, d)`` array was
     used against ``(B, m, d)``, its gradient is the sum over the batch axis.

@@ -26,6 +26,10 @@ class Linear(Module):
             self.add_param("b", np.zeros(self.d_out))
 
     def forward(self, x) -> np.ndarray:
+        """``x (..., d_in)`` -> ``y (..., d_out) = x W + b``; any number of leading axes.
+
+        Caches ``x`` for the backward.
+        """
         x = as_float_array(x, "x")
         check_last_dim(x, "x", self.d_in, f"(..., d_in={self.d_in})")
         y = x @ self.params["W"]                               # (..., d_in) @ (d_in, d_out) -> (..., d_out)
@@ -35,6 +39,12 @@ class Linear(Module):
         return y
 
     def backward(self, dout) -> np.ndarray:
+        """``dout (..., d_out)`` -> ``dx (..., d_in) = dout W^T``.
+
+        Adds ``x^T dout`` into ``grads["W"]`` ``(d_in, d_out)`` and the sum of
+        ``dout`` over every leading axis into ``grads["b"]`` ``(d_out,)``
+        (Chapter 3).
+        """
         x = self.cache
         x2 = x.reshape(-1, self.d_in)                          # (N, d_in)
         d2 = dout.reshape(-1, self.d_out)                      # (N, d_out)

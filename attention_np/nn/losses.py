@@ -37,7 +37,15 @@ def _valid(logits, targets, mask, ignore_index):
 
 
 def cross_entropy(logits, targets, mask=None, ignore_index=None) -> float:
-    """Mean cross-entropy of ``logits (..., C)`` against integer ``targets (...)``."""
+    """Mean cross-entropy of ``logits (..., C)`` against integer ``targets (...)``.
+
+    ``targets`` hold class ids in ``[0, C)`` and have the shape of ``logits``
+    without its last axis, e.g. ``logits (B, n, C)`` and ``targets (B, n)``.
+    ``mask (...)`` (boolean, same shape as ``targets``, True = the position
+    counts) and ``ignore_index`` (a target id to skip, e.g. padding) leave
+    positions out; the mean runs over the ``N_valid`` positions that count
+    (over 1 if none does).  Returns a python float.
+    """
     logits, safe, valid, count = _valid(logits, targets, mask, ignore_index)
     logp = log_softmax(logits, axis=-1)
     picked = np.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
@@ -45,7 +53,13 @@ def cross_entropy(logits, targets, mask=None, ignore_index=None) -> float:
 
 
 def cross_entropy_backward(logits, targets, mask=None, ignore_index=None, dloss: float = 1.0) -> np.ndarray:
-    """Gradient of :func:`cross_entropy` with respect to ``logits``."""
+    """Gradient of :func:`cross_entropy` with respect to ``logits``.
+
+    Same arguments as the forward (``logits (..., C)``, ``targets (...)``,
+    ``mask (...)``, ``ignore_index``) plus the upstream scalar ``dloss``.
+    Returns ``dlogits (..., C) = dloss * (softmax(logits) - onehot(targets)) / N_valid``,
+    zero at positions that do not count.
+    """
     logits, safe, valid, count = _valid(logits, targets, mask, ignore_index)
     d = softmax(logits, axis=-1)
     np.put_along_axis(d, safe[..., None], np.take_along_axis(d, safe[..., None], axis=-1) - 1.0, axis=-1)
@@ -53,7 +67,11 @@ def cross_entropy_backward(logits, targets, mask=None, ignore_index=None, dloss:
 
 
 def mse(pred, target) -> float:
-    """Mean squared error over all entries."""
+    """Mean squared error over all entries: ``mean((pred - target)**2)``.
+
+    ``pred (...)`` and ``target (...)`` must have the same (any) shape;
+    returns a python float.
+    """
     pred, target = as_float_array(pred, "pred"), as_float_array(target, "target")
     if pred.shape != target.shape:
         raise shape_error("target", str(pred.shape), target)
@@ -61,5 +79,9 @@ def mse(pred, target) -> float:
 
 
 def mse_backward(pred, target, dloss: float = 1.0) -> np.ndarray:
+    """Gradient of :func:`mse` with respect to ``pred``: ``2 dloss (pred - target) / pred.size``.
+
+    ``pred (...)`` and ``target (...)`` of the same shape; returns ``dpred (...)``.
+    """
     pred, target = as_float_array(pred, "pred"), as_float_array(target, "target")
     return (2.0 * dloss / pred.size) * (pred - target)

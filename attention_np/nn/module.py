@@ -175,7 +175,11 @@ class Module:
 
     # -- parameters -------------------------------------------------------
     def add_param(self, name: str, value: np.ndarray) -> np.ndarray:
-        """Register ``value`` as parameter ``name`` with a zero gradient buffer."""
+        """Register ``value`` (any shape, e.g. ``(d_in, d_out)``) as parameter ``name``.
+
+        Stored as float64 in ``params[name]``, with a zero gradient buffer of
+        the same shape in ``grads[name]``; returns the stored array.
+        """
         value = np.asarray(value, dtype=np.float64)
         self.params[name] = value
         self.grads[name] = np.zeros_like(value)
@@ -230,12 +234,24 @@ class Module:
 
     # -- computation ------------------------------------------------------
     def forward(self, *inputs, **kwargs):
+        """Compute the output from ``inputs`` (e.g. ``x (B, n, d_model)``) and cache what backward needs.
+
+        Subclasses document their own shapes.  The cache holds one forward
+        pass (see the class docstring for layers applied several times).
+        """
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
     def backward(self, dout):
+        """Given ``dout``, shaped like the last forward's output (e.g. ``(B, n, d_model)``), return input gradients.
+
+        Input gradients come back in input order (one array, or a tuple for
+        several inputs); parameter gradients are *added* into ``grads``, so
+        call :meth:`zero_grad` between optimisation steps.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, *inputs, **kwargs):
+        """Same as :meth:`forward`."""
         return self.forward(*inputs, **kwargs)
 
     def __repr__(self) -> str:

@@ -25,6 +25,10 @@ class LayerNorm(Module):
         self.add_param("beta", np.zeros(self.d))
 
     def forward(self, x) -> np.ndarray:
+        """``x (..., d)`` -> ``gamma * x_hat + beta`` ``(..., d)``, each row normalised over its ``d`` features.
+
+        Caches ``x_hat (..., d)`` and ``1/sqrt(var + eps)`` ``(..., 1)``.
+        """
         x = as_float_array(x, "x")
         check_last_dim(x, "x", self.d, f"(..., d={self.d})")
         mu = x.mean(axis=-1, keepdims=True)                    # (..., 1)
@@ -35,6 +39,11 @@ class LayerNorm(Module):
         return x_hat * self.params["gamma"] + self.params["beta"]
 
     def backward(self, dout) -> np.ndarray:
+        """``dout (..., d)`` -> ``dx (..., d)`` (the formula in the module docstring).
+
+        Adds ``sum(dout * x_hat)`` into ``grads["gamma"]`` and ``sum(dout)`` into
+        ``grads["beta"]``, both ``(d,)``, summed over every leading axis.
+        """
         x_hat, inv_std = self.cache
         self.grads["gamma"] += (dout * x_hat).reshape(-1, self.d).sum(axis=0)
         self.grads["beta"] += dout.reshape(-1, self.d).sum(axis=0)

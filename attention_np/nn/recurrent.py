@@ -47,7 +47,11 @@ from .validate import as_float_array, check_mask, shape_error
 
 # ---------------------------------------------------------------- one GRU step
 def gru_cell(x, h, W, U, b):
-    """One GRU step. ``x (B, d_in)``, ``h (B, H)`` -> ``(h_new (B, H), cache)``."""
+    """One GRU step. ``x (B, d_in)``, ``h (B, H)`` -> ``(h_new (B, H), cache)``.
+
+    ``W (d_in, 3H)``, ``U (H, 3H)``, ``b (3H,)`` with column blocks
+    ``[z | r | candidate]``; ``cache`` is what :func:`gru_cell_backward` needs.
+    """
     H = h.shape[-1]
     xw = x @ W + b                                          # (B, d_in) @ (d_in, 3H) -> (B, 3H)
     hu = h @ U[:, :2 * H]                                   # (B, H) @ (H, 2H) -> (B, 2H)
@@ -60,7 +64,12 @@ def gru_cell(x, h, W, U, b):
 
 
 def gru_cell_backward(dh_new, cache, W, U):
-    """Backward of :func:`gru_cell`: ``-> (dx, dh, {"W": dW, "U": dU, "b": db})``."""
+    """Backward of :func:`gru_cell`: ``-> (dx, dh, {"W": dW, "U": dU, "b": db})``.
+
+    ``dh_new (B, H)`` upstream gradient, ``cache`` from the forward, ``W (d_in, 3H)``,
+    ``U (H, 3H)``.  Returns ``dx (B, d_in)``, ``dh (B, H)`` and the parameter
+    gradients ``dW (d_in, 3H)``, ``dU (H, 3H)``, ``db (3H,)`` (returned, not accumulated).
+    """
     x, h, z, r, n, rh = cache
     H = h.shape[-1]
     dz = dh_new * (h - n)                                   # h' = z h + (1 - z) n
@@ -79,7 +88,10 @@ def gru_cell_backward(dh_new, cache, W, U):
 
 # ---------------------------------------------------------------- one LSTM step
 def lstm_cell(x, h, c, W, U, b):
-    """One LSTM step. ``x (B, d_in)``, ``h, c (B, H)`` -> ``(h_new, c_new, cache)``."""
+    """One LSTM step. ``x (B, d_in)``, ``h, c (B, H)`` -> ``(h_new (B, H), c_new (B, H), cache)``.
+
+    ``W (d_in, 4H)``, ``U (H, 4H)``, ``b (4H,)`` with column blocks ``[i | f | o | g]``.
+    """
     H = h.shape[-1]
     pre = x @ W + h @ U + b                                 # (B, 4H)
     ifo = sigmoid(pre[:, :3 * H])                           # (B, 3H) input, forget, output gates
@@ -92,7 +104,12 @@ def lstm_cell(x, h, c, W, U, b):
 
 
 def lstm_cell_backward(dh_new, dc_new, cache, W, U):
-    """Backward of :func:`lstm_cell`: ``-> (dx, dh, dc, {"W", "U", "b"})``."""
+    """Backward of :func:`lstm_cell`: ``-> (dx, dh, dc, {"W", "U", "b"})``.
+
+    ``dh_new, dc_new (B, H)`` are the gradients arriving at ``h_new`` and
+    ``c_new``; returns ``dx (B, d_in)``, ``dh (B, H)``, ``dc (B, H)`` (into the
+    previous cell state) and ``dW (d_in, 4H)``, ``dU (H, 4H)``, ``db (4H,)``.
+    """
     x, h, c, i, f, o, g, tc = cache
     do = dh_new * tc
     dc = dc_new + dh_new * o * (1.0 - tc * tc)              # total gradient into c'
@@ -151,12 +168,20 @@ class GRUCell(Module):
         self.add_param("b", np.zeros(3 * H))
 
     def forward(self, x, h=None) -> np.ndarray:
+        """``x (B, d_in)``, previous state ``h (B, H)`` (zeros if None) -> ``h_new (B, H)``.
+
+        Caches the gate activations and whether ``h`` was given.
+        """
         x, (h_,) = _check_step_inputs(x, [("h", h)], self.d_in, self.d_hidden)
         h_new, cache = gru_cell(x, h_, self.params["W"], self.params["U"], self.params["b"])
         self.cache = (cache, h is not None)
         return h_new
 
     def backward(self, dh_new):
+        """``dh_new (B, H)`` -> ``dx (B, d_in)``, or ``(dx, dh (B, H))`` when forward was given ``h``.
+
+        Adds ``dW (d_in, 3H)``, ``dU (H, 3H)``, ``db (3H,)`` into ``grads``.
+        """
         cache, has_h = self.cache
         dh_new = _check_upstream(dh_new, "dh_new", cache[1])
         dx, dh, g = gru_cell_backward(dh_new, cache, self.params["W"], self.params["U"])
@@ -186,12 +211,22 @@ class LSTMCell(Module):
         self.c = None
 
     def forward(self, x, h=None, c=None) -> np.ndarray:
+        """``x (B, d_in)``, ``h, c (B, H)`` (zeros if None) -> ``h_new (B, H)``; the new cell state is ``.c (B, H)``.
+
+        Caches the gate activations and which of ``h``, ``c`` were given.
+        """
         x, (h_, c_) = _check_step_inputs(x, [("h", h), ("c", c)], self.d_in, self.d_hidden)
         h_new, self.c, cache = lstm_cell(x, h_, c_, self.params["W"], self.params["U"], self.params["b"])
         self.cache = (cache, h is not None, c is not None)
         return h_new
 
     def backward(self, dh_new, dc=None):
+        """``dh_new (B, H)`` and optionally ``dc (B, H)`` (the gradient arriving at ``.c``).
+
+        Returns ``dx (B, d_in)`` followed by ``dh (B, H)`` if ``h`` was given and
+        ``dc (B, H)`` if ``c`` was given (just ``dx`` when neither was).  Adds
+        ``dW (d_in, 4H)``, ``dU (H, 4H)``, ``db (4H,)`` into ``grads``.
+        """
         cache, has_h, has_c = self.cache
         dh_new = _check_upstream(dh_new, "dh_new", cache[1])
         dc_new = np.zeros_like(dh_new) if dc is None else _check_upstream(dc, "dc", cache[2])
@@ -262,6 +297,7 @@ class _Recurrent(Module):
 
     @property
     def d_out(self) -> int:
+        """Width of the output states: ``H``, or ``2H`` when bidirectional."""
         return self.d_hidden * len(self.cells)
 
     def _check(self, x, initial, mask):
@@ -356,12 +392,25 @@ class GRU(_Recurrent):
         return step_backward
 
     def forward(self, x, h0=None, mask=None) -> np.ndarray:
+        """``x (B, T, d_in)`` -> states ``(B, T, H)``, or ``(B, T, 2H)`` when bidirectional.
+
+        ``h0 (B, H)`` (``(B, 2H)`` bidirectional: forward then reverse) is the
+        initial state, zeros if None.  ``mask (B, T)`` (or ``(T,)``), boolean,
+        True = real token: padded steps carry the state over and output zeros.
+        The final states are ``.h_last (B, H or 2H)``; every step's cache is kept
+        for backpropagation through time.
+        """
         x, states, mask = self._check(x, [("h0", h0)], mask)
         out = self._run(x, states, mask)
         self.h_last = self.final[0]
         return out
 
     def backward(self, dstates, dh_last=None):
+        """``dstates (B, T, H or 2H)``, optional ``dh_last`` (the gradient arriving at ``.h_last``).
+
+        Returns ``dx (B, T, d_in)``, or ``(dx, dh0)`` when forward was given
+        ``h0``.  Adds every step's parameter gradients into the cells' ``grads``.
+        """
         return self._unrun(dstates, [dh_last])
 
 
@@ -397,10 +446,22 @@ class LSTM(_Recurrent):
         return step_backward
 
     def forward(self, x, h0=None, c0=None, mask=None) -> np.ndarray:
+        """``x (B, T, d_in)`` -> states ``(B, T, H)``, or ``(B, T, 2H)`` when bidirectional.
+
+        ``h0, c0 (B, H)`` (``(B, 2H)`` bidirectional) are the initial states,
+        zeros if None; ``mask (B, T)`` as in :meth:`GRU.forward`.  Final
+        states: ``.h_last``, ``.c_last``.
+        """
         x, states, mask = self._check(x, [("h0", h0), ("c0", c0)], mask)
         out = self._run(x, states, mask)
         self.h_last, self.c_last = self.final
         return out
 
     def backward(self, dstates, dh_last=None, dc_last=None):
+        """``dstates (B, T, H or 2H)``, optional ``dh_last``, ``dc_last`` (gradients at ``.h_last``, ``.c_last``).
+
+        Returns ``dx (B, T, d_in)`` followed by ``dh0`` and ``dc0`` for whichever
+        initial state forward was given.  Parameter gradients are added into
+        the cells' ``grads``.
+        """
         return self._unrun(dstates, [dh_last, dc_last])

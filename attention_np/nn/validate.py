@@ -10,12 +10,19 @@ import numpy as np
 
 
 def shape_error(name: str, expected: str, x) -> ValueError:
-    """Build the project's standard shape error for argument ``name``."""
+    """Build the project's standard shape error for argument ``name``.
+
+    ``expected`` is the shape in words, e.g. ``"(B, n, d_model=8)"``; ``x`` is the
+    offending value, any shape ``(...)``.  Returns (does not raise) the ValueError.
+    """
     return ValueError(f"{name} must have shape {expected}, got {tuple(np.shape(x))}")
 
 
 def as_float_array(x, name: str) -> np.ndarray:
-    """Return ``x`` as a floating-point array (float16/32/64 kept, ints -> float64)."""
+    """Return ``x (...)`` as a floating-point array of the same shape (float16/32/64 kept, ints -> float64).
+
+    Object and complex arrays are refused with a ValueError naming ``name``.
+    """
     arr = np.asarray(x)
     if arr.dtype == object:
         raise ValueError(f"{name} must be a numeric array, got dtype object")
@@ -27,14 +34,17 @@ def as_float_array(x, name: str) -> np.ndarray:
 
 
 def check_ndim(x: np.ndarray, name: str, ndim: int, expected: str, at_least: bool = False) -> None:
-    """Raise unless ``x.ndim == ndim`` (or ``>= ndim`` when ``at_least``)."""
+    """Raise unless ``x.ndim == ndim`` (or ``>= ndim`` when ``at_least``).
+
+    ``x (...)`` any array; ``expected`` names the wanted shape, e.g. ``"(B, n, d)"``.
+    """
     ok = x.ndim >= ndim if at_least else x.ndim == ndim
     if not ok:
         raise shape_error(name, expected, x)
 
 
 def check_last_dim(x: np.ndarray, name: str, size: int, expected: str) -> None:
-    """Raise unless the last axis of ``x`` has length ``size``."""
+    """Raise unless ``x`` has shape ``(..., size)``; ``expected`` names it, e.g. ``"(..., d_in=4)"``."""
     if x.ndim < 1 or x.shape[-1] != size:
         raise shape_error(name, expected, x)
 
@@ -100,7 +110,10 @@ def check_head_mask(mask, batch: int, n_heads: int, n: int, m: int, name: str = 
 
 
 def check_int_array(x, name: str, high: int | None = None, expected: str = "") -> np.ndarray:
-    """Validate an array of integer ids in ``[0, high)``."""
+    """Validate integer ids ``x (...)`` (any shape, e.g. ``(B, n)``) lying in ``[0, high)``; returns the array.
+
+    ``expected`` describes the wanted shape in the error message.
+    """
     arr = np.asarray(x)
     if not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"{name} must be an integer array {expected}, got dtype {arr.dtype}")
