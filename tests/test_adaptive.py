@@ -23,7 +23,7 @@ def _inputs(seed=0):
 
 
 def _independent_forward(module, regions, h_t, sentinel):
-    """The paper's equations 6-12, written out directly with column-free NumPy."""
+    """The paper's equations (spatial attention, extended softmax, mix), written out directly in NumPy."""
     p = module.params
     z = np.tanh(regions @ p["W_v"] + (h_t @ p["W_g"])[:, None, :]) @ p["w_h"]      # (B, k)
     z_s = np.tanh(sentinel @ p["W_s"] + h_t @ p["W_g"]) @ p["w_h"]                  # (B,)

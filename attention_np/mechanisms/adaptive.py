@@ -8,12 +8,12 @@ The paper writes columns (``W_v V``); we store weights ``(d_in, d_out)`` and
 multiply rows.  Shapes: regions ``V (B, k, d)``, current decoder state
 ``h_t (B, d)``, LSTM memory cell ``m_t (B, d)``, attention width ``d_att``.
 
-Sentinel (eq. 9):
+Sentinel:
 
 .. math::
     g_t = \sigma(W_x x_t + W_h h_{t-1})\ (B, d),\qquad s_t = g_t \odot \tanh(m_t)\ (B, d)
 
-Extended attention (eqs. 6, 11, 12), note the *current* ``h_t``:
+Extended attention, note the *current* ``h_t``:
 
 .. math::
     z_t = w_h^\top \tanh(W_v V + W_g h_t 1^\top)\ (B, k),\qquad
@@ -23,7 +23,7 @@ Extended attention (eqs. 6, 11, 12), note the *current* ``h_t``:
 
 Since ``alpha_hat[1..k] = (1 - beta) alpha``, ``c_hat = sum_{i<=k+1} alpha_hat_i
 [v_1..v_k, s_t]_i``: one softmax-weighted sum over ``k + 1`` values, and the
-backward is that of one attention layer (M8 d): ``dalpha_hat_i = dc . value_i``,
+backward is that of one attention layer: ``dalpha_hat_i = dc . value_i``,
 softmax backward over ``k + 1`` logits, tanh backward in both score branches
 (``W_g`` gets the sum of both), ``ds_t = beta dc + W_s^T dpre_s``.  The sentinel's
 backward: ``dg = ds * tanh(m)``, sigmoid backward into ``W_x, W_h``, and
@@ -64,7 +64,7 @@ def visual_sentinel_backward(ds, x_t, h_prev, m_t, W_x, W_h, g):
 
 
 class VisualSentinel(Module):
-    """The sentinel gate of Lu et al.: params ``W_x (d_in, d)``, ``W_h (d, d)`` (no bias, as in eq. 9)."""
+    """The sentinel gate of Lu et al.: params ``W_x (d_in, d)``, ``W_h (d, d)`` (no bias, as in the paper)."""
 
     def __init__(self, d_in: int, d: int, rng=None) -> None:
         super().__init__()
