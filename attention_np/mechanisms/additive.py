@@ -199,6 +199,16 @@ class AdditiveAttention(Module):
         self.weights = None
 
     def forward(self, query, keys, values, mask=None):
+        """Additive attention of ``query (B, n, d_query)`` over ``keys (B, m, d_key)``.
+
+        ``values (B, m, d_v)`` are averaged with the weights (pass the
+        annotations as both ``keys`` and ``values`` for Bahdanau's model; any
+        leading axes ``(..., n, d)`` that broadcast work too).  ``mask``:
+        boolean, True = may attend, ``(n, m)``, ``(m,)`` or ``(B, n, m)`` (e.g.
+        ``padding_mask(lengths, m)``, ``(B, 1, m)``); a fully masked query gets a
+        zero output.  Returns ``out (B, n, d_v)``; ``.weights (B, n, m)``.  Caches
+        the inputs, the weights and the tanh tensor ``(B, n, m, d_hidden)``.
+        """
         p = self.params
         out, weights, hidden = additive_attention(query, keys, values, p["W_q"], p["W_k"], p["v"],
                                                   mask=mask, return_hidden=True)
@@ -207,6 +217,12 @@ class AdditiveAttention(Module):
         return out
 
     def backward(self, dout):
+        """``dout (B, n, d_v)`` -> ``(dquery (B, n, d_query), dkeys (B, m, d_key), dvalues (B, m, d_v))``.
+
+        Adds ``dW_q (d_query, d_hidden)``, ``dW_k (d_key, d_hidden)`` and
+        ``dv (d_hidden,)`` into ``grads``.  When the same array was passed as
+        keys and values its gradient is ``dkeys + dvalues``.  Chapter 3.
+        """
         if self.cache is None:
             raise RuntimeError("AdditiveAttention.backward called before forward")
         query, keys, values, weights, hidden = self.cache

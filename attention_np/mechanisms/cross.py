@@ -45,7 +45,14 @@ def _check(x, context, W_q, W_k, W_v):
 
 
 def cross_attention(x, context, W_q, W_k, W_v, mask=None):
-    """Return ``(out (..., n, d_v), weights (..., n, m))``."""
+    """Return ``(out (..., n, d_v), weights (..., n, m))``.
+
+    ``x (..., n, d_model)`` (decoder side, queries), ``context (..., m, d_context)``
+    (encoder side, keys and values) with the same leading axes;
+    ``W_q (d_model, d_k)``, ``W_k (d_context, d_k)``, ``W_v (d_context, d_v)``.
+    ``mask``: boolean, True = may attend, broadcastable to ``(..., n, m)``,
+    typically the source padding mask ``padding_mask(lengths, m)`` ``(B, 1, m)``.
+    """
     x, context, W_q, W_k, W_v = _check(x, context, W_q, W_k, W_v)
     q = x @ W_q                                               # (..., n, d_k)
     k, v = context @ W_k, context @ W_v                       # (..., m, d_k), (..., m, d_v)
@@ -53,7 +60,13 @@ def cross_attention(x, context, W_q, W_k, W_v, mask=None):
 
 
 def cross_attention_backward(dout, x, context, W_q, W_k, W_v, weights):
-    """Return ``(dx, dcontext, dW_q, dW_k, dW_v)``."""
+    """Return ``(dx, dcontext, dW_q, dW_k, dW_v)``, each shaped like its argument.
+
+    ``dout (..., n, d_v)``; ``x (..., n, d_model)``, ``context (..., m, d_context)``
+    and the weights as in the forward; ``weights (..., n, m)`` is the forward's
+    second output (the projections are recomputed).  ``dcontext (..., m, d_context)``
+    is the sum of the key and value paths.
+    """
     x, context, W_q, W_k, W_v = _check(x, context, W_q, W_k, W_v)
     q, k, v = x @ W_q, context @ W_k, context @ W_v          # recomputed projections
     dq, dk, dv = scaled_dot_product_attention_backward(dout, q, k, v, weights)
@@ -85,6 +98,13 @@ class CrossAttention(Module):
         self.weights = None
 
     def forward(self, x, context, mask=None) -> np.ndarray:
+        """``x (B, n, d_model)`` attends over ``context (B, m, d_context)`` -> ``(B, n, d_v)``.
+
+        ``mask``: boolean, True = may attend, ``(n, m)``, ``(m,)`` or
+        ``(B, n, m)`` (e.g. the source padding mask ``(B, 1, m)``); no causal
+        mask applies to the source.  ``.weights (B, n, m)``.  Caches ``x``,
+        ``context`` and the weights.
+        """
         p = self.params
         out, weights = cross_attention(x, context, p["W_q"], p["W_k"], p["W_v"], mask=mask)
         self.cache = (np.asarray(x), np.asarray(context), weights)
@@ -92,6 +112,11 @@ class CrossAttention(Module):
         return out
 
     def backward(self, dout):
+        """``dout (B, n, d_v)`` -> ``(dx (B, n, d_model), dcontext (B, m, d_context))``.
+
+        Adds ``dW_q``, ``dW_k``, ``dW_v`` into ``grads``.  In a stacked decoder
+        every layer reads the same ``context``: add the ``dcontext`` of all layers.
+        """
         x, context, weights = self.cache
         p = self.params
         dx, dcontext, dW_q, dW_k, dW_v = cross_attention_backward(

@@ -57,7 +57,12 @@ def luong_scores(h_t, source, method, W_a=None, v_a=None):
 
 
 def luong_scores_backward(dscores, cache, h_t, source, method, W_a=None, v_a=None):
-    """Backward of :func:`luong_scores`: ``-> (dh_t, dsource, {param: grad})``."""
+    """Backward of :func:`luong_scores`: ``-> (dh_t (B, d), dsource (B, S, d), {param: grad})``.
+
+    ``dscores (B, S)``; ``cache``, ``h_t (B, d)``, ``source (B, S, d)`` and the
+    parameters as in the forward.  The dict holds ``W_a`` (general, concat) and
+    ``v_a`` (concat) gradients of their parameters' shapes; it is empty for dot.
+    """
     if method == "dot":
         dh = np.einsum("bs,bsd->bd", dscores, source)      # (B, d)
         dsource = dscores[:, :, None] * h_t[:, None, :]    # (B, S, d)
@@ -97,7 +102,10 @@ def attentional_hidden(context, h_t, W_c):
 
 
 def attentional_hidden_backward(dh_tilde, h_tilde, context, h_t, W_c):
-    """``-> (dcontext, dh_t, dW_c)``."""
+    """Backward of :func:`attentional_hidden`: ``-> (dcontext (B, d), dh_t (B, d), dW_c (2d, d))``.
+
+    ``dh_tilde (B, d)`` upstream gradient, ``h_tilde (B, d)`` the forward's output.
+    """
     dpre = dh_tilde * (1.0 - h_tilde * h_tilde)            # (B, d)
     ch = np.concatenate([context, h_t], axis=-1)           # (B, 2d)
     dch = dpre @ W_c.T                                     # (B, 2d)
@@ -106,7 +114,7 @@ def attentional_hidden_backward(dh_tilde, h_tilde, context, h_t, W_c):
 
 
 def init_score_params(module, method, d, d_att, rng):
-    """Register the score's parameters (``W_a``; ``v_a`` for concat) on ``module``."""
+    """Register the score's parameters on ``module``: ``W_a (d, d)`` for general, ``W_a (2d, d_att)`` and ``v_a (d_att,)`` for concat."""
     if method not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {method!r}")
     if method == "general":
@@ -147,6 +155,13 @@ class GlobalAttention(Module):
         self.weights = self.context = None
 
     def forward(self, h_t, source, mask=None) -> np.ndarray:
+        """One decoder step: ``h_t (B, d)`` attends over ``source (B, S, d)`` -> ``h̃_t (B, d)``.
+
+        ``mask``: boolean, True = may attend, ``(B, S)`` or ``(S,)`` (source
+        padding); a fully masked row gets a zero context.  ``.weights (B, S)``,
+        ``.context (B, d)``.  Caches the inputs, the score activations, the
+        weights, the context and ``h̃_t``.
+        """
         h_t, source, mask = check_step_inputs(h_t, source, self.d, mask)
         p = self.params
         scores, score_cache = luong_scores(h_t, source, self.score, p.get("W_a"), p.get("v_a"))  # (B, S)
@@ -158,6 +173,11 @@ class GlobalAttention(Module):
         return h_tilde
 
     def backward(self, dh_tilde):
+        """``dh_tilde (B, d)`` -> ``(dh_t (B, d), dsource (B, S, d))``.
+
+        ``dsource`` adds the value path and the score path.  Adds ``dW_c (2d, d)``
+        and the score's ``dW_a`` (and ``dv_a``) into ``grads``.  Chapter 6.
+        """
         h_t, source, score_cache, weights, context, h_tilde = self.cache
         dh_tilde = as_float_array(dh_tilde, "dh_tilde")
         if dh_tilde.shape != h_tilde.shape:

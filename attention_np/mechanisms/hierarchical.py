@@ -51,7 +51,12 @@ def context_pooling(H, W, b, u, mask=None):
 
 
 def context_pooling_backward(dpooled, H, weights, U, W, u):
-    """Backward of :func:`context_pooling`: ``-> (dH, {"W", "b", "u"})``."""
+    """Backward of :func:`context_pooling`: ``-> (dH (B, T, d_in), {"W", "b", "u"})``.
+
+    ``dpooled (B, d_in)``; ``H (B, T, d_in)``, ``weights (B, T)``,
+    ``U (B, T, d_att)`` from the forward; ``W (d_in, d_att)``, ``u (d_att,)``.
+    The dict holds ``dW (d_in, d_att)``, ``db (d_att,)``, ``du (d_att,)``.
+    """
     dweights = np.einsum("bd,btd->bt", dpooled, H)          # (B, T)
     dH = weights[:, :, None] * dpooled[:, None, :]          # (B, T, d_in) value path
     dscores = softmax_backward(dweights, weights)           # (B, T); masked -> 0
@@ -84,6 +89,12 @@ class AttentionPooling(Module):
         self.weights = None
 
     def forward(self, H, mask=None) -> np.ndarray:
+        """``H (B, T, d_in)`` -> ``pooled (B, d_in)``, the attention-weighted sum over ``T``.
+
+        ``mask``: boolean, True = real position, ``(B, T)`` or ``(T,)``; a fully
+        masked row gives zero weights and a zero vector.  ``.weights (B, T)``.
+        Caches ``H``, the weights and ``U = tanh(H W + b)`` ``(B, T, d_att)``.
+        """
         H = as_float_array(H, "H")
         if H.ndim != 3 or H.shape[2] != self.d_in:
             raise shape_error("H", f"(B, T, d_in={self.d_in})", H)
@@ -95,6 +106,10 @@ class AttentionPooling(Module):
         return pooled
 
     def backward(self, dpooled):
+        """``dpooled (B, d_in)`` -> ``dH (B, T, d_in)`` (value path + key path).
+
+        Adds ``dW (d_in, d_att)``, ``db (d_att,)`` and ``du (d_att,)`` into ``grads``.
+        """
         H, weights, U = self.cache
         dpooled = as_float_array(dpooled, "dpooled")
         if dpooled.shape != (H.shape[0], self.d_in):
@@ -144,6 +159,14 @@ class HierarchicalAttention(Module):
         self.word_weights = self.sentence_weights = self.sentence_mask = self.weights = None
 
     def forward(self, docs, word_mask=None) -> np.ndarray:
+        """Token ids ``docs (B, L, T)`` (``L`` sentences of ``T`` words) -> ``logits (B, n_classes)``.
+
+        ``word_mask``: boolean, True = real word, ``(B, L, T)`` (or anything
+        with at most two axes that broadcasts to it); a sentence with no word
+        is masked at the sentence level.  ``.word_weights (B, L, T)``,
+        ``.sentence_weights (B, L)``, ``.sentence_mask (B, L)``.  The
+        sub-modules cache their own forward passes.
+        """
         docs = check_int_array(docs, "docs", high=self.embedding.vocab_size, expected="(B, L, T) of token ids")
         if docs.ndim != 3:
             raise shape_error("docs", "(B, L, T)", docs)
@@ -171,6 +194,12 @@ class HierarchicalAttention(Module):
         return logits
 
     def backward(self, dlogits) -> None:
+        """``dlogits (B, n_classes)`` -> ``None`` (token ids have no gradient).
+
+        Backpropagates through the classifier, both attention layers, the
+        encoders (through time) and the embedding, adding every parameter's
+        gradient into the sub-modules' ``grads``.
+        """
         B, L, T = self.cache
         dlogits = as_float_array(dlogits, "dlogits")
         n_classes = self.classifier.d_out

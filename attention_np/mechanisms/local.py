@@ -122,6 +122,15 @@ class LocalAttention(Module):
         return lengths * sig, (r, sig)                                     # p_t = S sigma(x)
 
     def forward(self, h_t, source, t=None, mask=None) -> np.ndarray:
+        """One decoder step: ``h_t (B, d)`` attends over a window of ``source (B, S, d)`` -> ``h̃_t (B, d)``.
+
+        ``t``: the window centre, an int or ``(B,)`` (required by local-m,
+        ignored by local-p, which predicts ``p_t (B,)`` from ``h_t``).  ``mask``:
+        boolean, True = may attend, ``(B, S)`` or ``(S,)``; local-p takes the
+        source length ``S`` per example as the number of True entries, so
+        padding is expected at the end.  ``.position (B,)``, ``.weights (B, S)``,
+        ``.context (B, d)``.  Caches everything the backward needs.
+        """
         h_t, source, mask = check_step_inputs(h_t, source, self.d, mask)
         B, S, _ = source.shape
         lengths = (np.full(B, S) if mask is None else mask.sum(axis=1)).astype(h_t.dtype)  # (B,) source lengths
@@ -137,6 +146,13 @@ class LocalAttention(Module):
         return h_tilde
 
     def backward(self, dh_tilde):
+        """``dh_tilde (B, d)`` -> ``(dh_t (B, d), dsource (B, S, d))``.
+
+        Includes the path through the predicted position ``p_t`` (local-p);
+        the integer window has no gradient.  Adds ``dW_c``, the score's
+        parameters and, for local-p, ``dW_p (d, d_p)``, ``dv_p (d_p,)`` into
+        ``grads``.  Chapter 7.
+        """
         (h_t, source, lengths, p_t, pos_cache, score_cache, weights, align, gauss,
          context, h_tilde) = self.cache
         dh_tilde = as_float_array(dh_tilde, "dh_tilde")

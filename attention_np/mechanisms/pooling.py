@@ -85,7 +85,7 @@ def _check_bandwidth(bandwidth) -> float:
 
 
 def gaussian_kernel(distance, bandwidth=1.0) -> np.ndarray:
-    """``exp(−(distance/h)²/2)``, elementwise; distances of any shape."""
+    """``exp(−(distance/h)²/2)``, elementwise: ``distance (...)`` of any shape -> ``(...)``; ``h = bandwidth``."""
     d = as_float_array(distance, "distance")
     u = d * (1.0 / _check_bandwidth(bandwidth))
     with np.errstate(over="ignore"):                        # u² = inf means "infinitely far": K = 0
@@ -93,13 +93,13 @@ def gaussian_kernel(distance, bandwidth=1.0) -> np.ndarray:
 
 
 def boxcar_kernel(distance, bandwidth=1.0) -> np.ndarray:
-    """``1`` where ``|distance| ≤ h``, else ``0``, elementwise (in the input's float dtype)."""
+    """``1`` where ``|distance| ≤ h``, else ``0``: ``distance (...)`` -> ``(...)`` in the input's float dtype."""
     d = as_float_array(distance, "distance")
     return (np.abs(d) <= _check_bandwidth(bandwidth)).astype(d.dtype)
 
 
 def epanechnikov_kernel(distance, bandwidth=1.0) -> np.ndarray:
-    """``max(0, 1 − (distance/h)²)``, elementwise."""
+    """``max(0, 1 − (distance/h)²)``, elementwise: ``distance (...)`` of any shape -> ``(...)``."""
     d = as_float_array(distance, "distance")
     u = d * (1.0 / _check_bandwidth(bandwidth))
     with np.errstate(over="ignore"):
@@ -137,7 +137,12 @@ def attention_pooling(scores, values, mask=None):
 
 
 def attention_pooling_backward(dout, values, weights):
-    """Return ``(dscores, dvalues)`` for :func:`attention_pooling` (Chapter 1)."""
+    """Return ``(dscores (..., n, m), dvalues (..., m, d_v))`` for :func:`attention_pooling` (Chapter 1).
+
+    ``dout (..., n, d_v)``, ``values (..., m, d_v)`` and the forward's
+    ``weights (..., n, m)``; masked entries (weight 0) get no gradient and
+    broadcast leading axes are summed back.
+    """
     weights, values, lead = _check_pooling(weights, values)
     n, d_v = weights.shape[-2], values.shape[-1]
     dout = as_float_array(dout, "dout")
@@ -267,6 +272,10 @@ def nadaraya_watson_backward(dout, queries, keys, values, weights, kernel: str =
                              bandwidth=1.0):
     """Return ``(dqueries, dkeys, dvalues, dbandwidth)`` for :func:`nadaraya_watson`.
 
+    ``dout (..., n)`` or ``(..., n, d_v)`` like the output; ``queries (..., n)``,
+    ``keys (..., m)``, ``values`` and ``weights (..., n, m)`` as in the forward.
+    The gradients have the shapes of ``queries``, ``keys`` and ``values``.
+
     ``weights`` is the forward's second output; ``dbandwidth`` is a python
     float.  Gradients of broadcast leading axes are summed back.
     """
@@ -314,6 +323,12 @@ class NadarayaWatson(Module):
         self.weights = None
 
     def forward(self, queries, keys, values) -> np.ndarray:
+        """``queries (..., n)``, ``keys (..., m)``, ``values (..., m)`` or ``(..., m, d_v)`` -> ``(..., n)`` or ``(..., n, d_v)``.
+
+        Leading axes broadcast.  ``.weights (..., n, m)``; rows sum to 1, or are
+        zero for a compact kernel with no key inside the window.  Caches the
+        inputs, the weights and the current ``w``.
+        """
         scale = float(self.params["w"][0])                  # python float keeps float32 inputs float32
         out, weights = _nw_forward(queries, keys, values, self.kernel, scale)
         self.cache = (queries, keys, values, weights, scale)
@@ -321,6 +336,11 @@ class NadarayaWatson(Module):
         return out
 
     def backward(self, dout):
+        """``dout`` shaped like the output -> ``(dqueries (..., n), dkeys (..., m), dvalues)``.
+
+        ``dvalues`` has the shape of ``values``; ``dw`` is added into
+        ``grads["w"]`` ``(1,)`` (zero for the boxcar kernel).
+        """
         queries, keys, values, weights, scale = self.cache
         dq, dk, dv, dscale = _nw_backward(dout, queries, keys, values, weights, self.kernel, scale)
         self.grads["w"] += dscale                           # u = (x − x_k) w, so dw = ds

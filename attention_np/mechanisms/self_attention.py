@@ -42,7 +42,11 @@ def _check_x(x, d_model):
 
 
 def self_attention(x, W_q, W_k, W_v, mask=None):
-    """Return ``(out (..., n, d_v), weights (..., n, n))`` for ``x (..., n, d_model)``."""
+    """Return ``(out (..., n, d_v), weights (..., n, n))`` for ``x (..., n, d_model)``.
+
+    ``W_q, W_k (d_model, d_k)``, ``W_v (d_model, d_v)``; ``mask``: boolean,
+    True = may attend, broadcastable to ``(..., n, n)`` (e.g. ``causal_mask(n)``).
+    """
     W_q, W_k, W_v = (as_float_array(w, name) for w, name in ((W_q, "W_q"), (W_k, "W_k"), (W_v, "W_v")))
     x = _check_x(x, W_q.shape[0])
     if W_k.shape != W_q.shape:
@@ -54,7 +58,12 @@ def self_attention(x, W_q, W_k, W_v, mask=None):
 
 
 def self_attention_backward(dout, x, W_q, W_k, W_v, weights):
-    """Return ``(dx, dW_q, dW_k, dW_v)``; ``dx`` is the sum of the three projection paths."""
+    """Return ``(dx, dW_q, dW_k, dW_v)``; ``dx`` is the sum of the three projection paths.
+
+    ``dout (..., n, d_v)``, ``x (..., n, d_model)``, ``weights (..., n, n)`` from
+    the forward.  ``dx (..., n, d_model)``, ``dW_q, dW_k (d_model, d_k)``,
+    ``dW_v (d_model, d_v)`` (summed over the batch and positions).  Chapter 8.
+    """
     x = _check_x(x, W_q.shape[0])
     d_model = x.shape[-1]
     q, k, v = x @ W_q, x @ W_k, x @ W_v                     # recomputed: cheaper than caching three arrays
@@ -87,6 +96,13 @@ class SelfAttention(Module):
         self.weights = None
 
     def forward(self, x, mask=None, causal: bool = False) -> np.ndarray:
+        """``x (B, n, d_model)`` (or ``(n, d_model)``) -> ``(B, n, d_v)``.
+
+        ``mask``: boolean, True = may attend, ``(n, n)``, ``(n,)`` or
+        ``(B, n, n)`` (e.g. ``padding_mask(lengths, n)``, ``(B, 1, n)``);
+        ``causal=True`` ANDs it with ``causal_mask(n)``.  ``.weights (B, n, n)``.
+        Caches ``x`` and the weights.
+        """
         x = _check_x(x, self.d_model)
         n = x.shape[-2]
         if mask is not None:
@@ -101,6 +117,10 @@ class SelfAttention(Module):
         return out
 
     def backward(self, dout) -> np.ndarray:
+        """``dout (B, n, d_v)`` -> ``dx (B, n, d_model)``, the sum of the Q, K and V paths.
+
+        Adds ``dW_q, dW_k (d_model, d_k)`` and ``dW_v (d_model, d_v)`` into ``grads``.
+        """
         x, weights = self.cache
         p = self.params
         dx, dW_q, dW_k, dW_v = self_attention_backward(dout, x, p["W_q"], p["W_k"], p["W_v"], weights)

@@ -50,7 +50,13 @@ def temporal_attention(frames, h_prev, W_a, U_a, b_a, w, mask=None):
 
 
 def temporal_attention_backward(dphi, frames, h_prev, weights, T, W_a, U_a, w):
-    """Backward of :func:`temporal_attention`: ``-> (dframes, dh_prev, {"W_a", "U_a", "b_a", "w"})``."""
+    """Backward of :func:`temporal_attention`: ``-> (dframes, dh_prev, {"W_a", "U_a", "b_a", "w"})``.
+
+    ``dphi (B, D)``; ``frames (B, F, D)``, ``h_prev (B, d_state)``,
+    ``weights (B, F)`` and ``T (B, F, d_hidden)`` from the forward.  Returns
+    ``dframes (B, F, D)`` (value path + key path), ``dh_prev (B, d_state)`` and
+    the parameter gradients, shaped like the parameters.
+    """
     dweights = np.einsum("bd,bfd->bf", dphi, frames)        # (B, F)
     dframes = weights[:, :, None] * dphi[:, None, :]        # (B, F, D) value path
     dscores = softmax_backward(dweights, weights)           # (B, F); masked frames -> 0
@@ -78,6 +84,12 @@ class TemporalAttention(Module):
         self.weights = None
 
     def forward(self, frames, h_prev, mask=None) -> np.ndarray:
+        """``frames (B, F, d_frame)`` attended from ``h_prev (B, d_state)`` -> ``φ (B, d_frame)``.
+
+        ``mask``: boolean, True = real frame, ``(B, F)`` or ``(F,)``; a fully
+        masked row gives ``φ = 0``.  ``.weights (B, F)``.  Caches the inputs,
+        the weights and the tanh activations ``(B, F, d_hidden)``.
+        """
         frames, h_prev = as_float_array(frames, "frames"), as_float_array(h_prev, "h_prev")
         if frames.ndim != 3 or frames.shape[2] != self.d_frame:
             raise shape_error("frames", f"(B, F, d_frame={self.d_frame})", frames)
@@ -93,6 +105,11 @@ class TemporalAttention(Module):
         return phi
 
     def backward(self, dphi):
+        """``dphi (B, d_frame)`` -> ``(dframes (B, F, d_frame), dh_prev (B, d_state))``.
+
+        Adds ``dW_a (d_state, d_hidden)``, ``dU_a (d_frame, d_hidden)``,
+        ``db_a (d_hidden,)`` and ``dw (d_hidden,)`` into ``grads``.  Chapter 18.
+        """
         frames, h_prev, weights, T = self.cache
         dphi = as_float_array(dphi, "dphi")
         if dphi.shape != (frames.shape[0], self.d_frame):
