@@ -245,11 +245,20 @@ def summary_png(reports, path) -> None:
         if r.notebook and r.exercises and not r.status.startswith("not graded"):
             books.setdefault(r.notebook, []).append(r)
     names = sorted(books) or ["(nothing graded)"]
-    fig, axes = plt.subplots(len(names), 1, figsize=(8, 2.6 * len(names)), squeeze=False)
-    for ax, name in zip(axes[:, 0], names):
+    ncols = min(3, len(names))
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 2.6 * nrows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= len(names):
+            ax.set_visible(False)
+            continue
+        name = names[k]
         rs = books.get(name, [])
         ids = [e.id for e in rs[0].exercises] if rs else []
-        full = [sum(1 for r in rs for e in r.exercises if e.id == i and e.points == e.max_points) for i in ids]
+        # an exercise's full points: its max, or (a gradebook merged from CSV knows no max) the best seen
+        best = {i: max([e.max_points or e.points for r in rs for e in r.exercises if e.id == i] + [0]) for i in ids}
+        full = [sum(1 for r in rs for e in r.exercises if e.id == i and best[i] > 0 and e.points >= best[i])
+                for i in ids]
         zero = [sum(1 for r in rs for e in r.exercises if e.id == i and e.points == 0) for i in ids]
         part = [len(rs) - f - z for f, z in zip(full, zero)]
         x = range(len(ids))
@@ -258,8 +267,9 @@ def summary_png(reports, path) -> None:
         ax.bar(x, zero, bottom=[f + p for f, p in zip(full, part)], color="#e76f51", label="0")
         ax.set_xticks(list(x), ids)
         ax.set_ylabel("students")
-        ax.set_title(f"{name} ({len(rs)} graded)")
-        ax.legend(loc="upper right", fontsize="small")
+        ax.set_title(f"{name} ({len(rs)} graded)", fontsize="medium")
+        if k == 0:
+            ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
