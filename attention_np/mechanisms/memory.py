@@ -2,7 +2,7 @@ r"""End-To-End Memory Networks (Sukhbaatar, Szlam, Weston, Fergus, NeurIPS 2015)
 
 Paper: *End-To-End Memory Networks*, section 2 (eqs. 1-3 for one hop, 2.2 for
 several hops and weight tying, 4.1 for position encoding and temporal
-encoding).  MECHANISMS.md M7.
+encoding).  Chapter 14.
 
 The paper's embeddings are ``d x V`` matrices applied to one-hot columns; we
 store them as lookup tables ``(V, d)`` (row ``w`` is the embedding of word
@@ -24,16 +24,18 @@ temporal tables are tied the same way, ``T_A^{k+1} = T_C^k``), so there are
 ``logits = u^{K+1} C_K^T``.  *layerwise*: ``A^k = A``, ``C^k = C`` for every
 hop, plus separate ``B``, ``W (V, d)`` and the ``(d, d)`` map ``H``.
 
-Backward (M7 d): ``dW = dlogits^T u^{K+1}``, ``du^{K+1} = dlogits W``; per hop, in
-reverse: ``dp_i = do . c_i``, ``dc_i = p_i do``, softmax backward -> ``ds``,
-``dm_i = ds_i u^k``, ``du^k = sum_i ds_i m_i + du^{k+1}`` (times ``H^T`` when
-layer-wise).  Embedding gradients are scatter-adds (``np.add.at``): word ``j``
-of sentence ``i`` adds ``l_j * dm_i`` into row ``story[b, i, j]``; a tied table
-accumulates the gradients of every role it plays.
+Backward (derived in Chapter 14, Section 14.5): ``dW = dlogits^T u^{K+1}``,
+``du^{K+1} = dlogits W``; per hop, in reverse: ``dp_i = do . c_i``,
+``dc_i = p_i do``, softmax backward -> ``ds``, ``dm_i = ds_i u^k``,
+``du^k = sum_i ds_i m_i + du^{k+1}`` (times ``H^T`` when layer-wise).
+Embedding gradients are scatter-adds (``np.add.at``): word ``j`` of sentence
+``i`` adds ``l_j * dm_i`` into row ``story[b, i, j]``; a tied table accumulates
+the gradients of every role it plays.
 
-Linear start (from the paper's bAbI training): while ``linear_start`` is True the
-hop softmaxes are removed, ``p^k = u^{k\top} m^k_i`` (zero on masked slots), and the backward
-skips the softmax Jacobian (``ds = dp``); training then sets it back to False.
+Linear start (from the paper's bAbI training, as in the authors' released bAbI
+code): while ``linear_start`` is True the hop softmaxes are removed,
+``p^k = u^{k\top} m^k_i`` (zero on masked slots), and the backward skips the
+softmax Jacobian (``ds = dp``); training then sets it back to False.
 
 Word id ``nil_id`` (default 0, the project's PAD) embeds to the zero vector, so
 sentences shorter than ``J`` can be padded; ``mask (B, N)`` hides empty memory
