@@ -33,7 +33,10 @@ __all__ = ["KVCache", "cached_attention", "prefill", "decode_step", "incremental
 
 
 def kv_cache_bytes(n_layers: int, n_kv_heads: int, d_head: int, n_tokens: int, bytes_per_element: int = 2) -> int:
-    """Bytes of a KV cache for one sequence: ``2 * layers * H_kv * d_head * tokens * bytes``."""
+    """Bytes of a KV cache for one sequence: ``2 * layers * H_kv * d_head * tokens * bytes``.
+
+    ``bytes_per_element`` is 2 for float16/bfloat16, 4 for float32.  Returns an int.
+    """
     return 2 * int(n_layers) * int(n_kv_heads) * int(d_head) * int(n_tokens) * int(bytes_per_element)
 
 
@@ -53,15 +56,18 @@ class KVCache:
         self.length = 0
 
     def reset(self) -> None:
+        """Empty the cache (length 0); the next append starts a new sequence (and may change shape or dtype)."""
         self._k = self._v = None
         self.length = 0
 
     @property
     def keys(self) -> np.ndarray | None:
+        """The cached keys ``(B, H_kv, T, d_head)``, a view of the filled part; None before the first append."""
         return None if self._k is None else self._k[..., : self.length, :]   # (B, H_kv, T, d_head)
 
     @property
     def values(self) -> np.ndarray | None:
+        """The cached values ``(B, H_kv, T, d_head)``, a view of the filled part; None before the first append."""
         return None if self._v is None else self._v[..., : self.length, :]   # (B, H_kv, T, d_head)
 
     @property
@@ -70,7 +76,11 @@ class KVCache:
         return 0 if self._k is None else int(self.keys.nbytes + self.values.nbytes)
 
     def append(self, k, v):
-        """Append ``k, v (B, H_kv, s, d_head)``; return all cached ``(keys, values)``."""
+        """Append ``k, v (B, H_kv, s, d_head)``; return all cached ``(keys, values)``, each ``(B, H_kv, T + s, d_head)``.
+
+        ``B``, ``H_kv``, ``d_head`` and the dtype must match what the cache
+        already holds; with ``max_len`` the total may not exceed it.
+        """
         k, v = as_float_array(k, "k"), as_float_array(v, "v")
         if k.ndim != 4:
             raise shape_error("k", "(B, H_kv, s, d_head)", k)
@@ -104,9 +114,9 @@ def cached_attention(mha: MultiHeadAttention, x, cache: KVCache, mask=None) -> n
 
     The new tokens sit at absolute positions ``cache.length .. cache.length + s - 1``
     (RoPE uses them); their keys/values are appended to ``cache``; each new query
-    attends causally over everything cached.  ``mask`` (optional, e.g. a key
-    padding mask) must broadcast to ``(B, s, m)`` with ``m`` the cache length after
-    the append.  Returns ``(B, s, d_model)``; sets ``mha.weights (B, H, s, m)``.
+    attends causally over everything cached.  ``mask`` (optional, boolean,
+    True = may attend, e.g. a key padding mask) is ``(s, m)``, ``(B, s, m)`` or
+    per head ``(B, H, s, m)``, with ``m`` the cache length after the append.  Returns ``(B, s, d_model)``; sets ``mha.weights (B, H, s, m)``.
     """
     x = mha._check_input(x, "x")
     batch, s = x.shape[0], x.shape[1]
@@ -123,7 +133,10 @@ def cached_attention(mha: MultiHeadAttention, x, cache: KVCache, mask=None) -> n
 
 
 def prefill(mha: MultiHeadAttention, prompt, cache: KVCache, mask=None) -> np.ndarray:
-    """Run the prompt ``(B, s, d_model)`` through ``mha`` and fill the (empty) cache."""
+    """Run the prompt ``(B, s, d_model)`` through ``mha`` and fill the (empty) cache.
+
+    Returns ``(B, s, d_model)``; ``mask`` as in :func:`cached_attention`.
+    """
     if cache.length:
         raise ValueError(f"prefill needs an empty cache, got one holding {cache.length} tokens")
     return cached_attention(mha, prompt, cache, mask=mask)

@@ -70,12 +70,12 @@ def merge_heads(x) -> np.ndarray:
 
 
 def split_heads_backward(dy) -> np.ndarray:
-    """Backward of :func:`split_heads` (a pure re-indexing): merge the heads back."""
+    """Backward of :func:`split_heads` (a pure re-indexing): ``dy (..., H, n, d) -> (..., n, H*d)``."""
     return merge_heads(dy)
 
 
 def merge_heads_backward(dy, n_heads: int) -> np.ndarray:
-    """Backward of :func:`merge_heads`: split the heads again."""
+    """Backward of :func:`merge_heads`: ``dy (..., n, H*d) -> (..., H, n, d)`` with ``H = n_heads``."""
     return split_heads(dy, n_heads)
 
 
@@ -89,7 +89,10 @@ def repeat_kv(x, n_rep: int) -> np.ndarray:
 
 
 def repeat_kv_backward(dy, n_rep: int) -> np.ndarray:
-    """Backward of :func:`repeat_kv`: sum the gradients of the ``n_rep`` heads of each group."""
+    """Backward of :func:`repeat_kv`: sum the gradients of the ``n_rep`` heads of each group.
+
+    ``dy (..., H_kv*n_rep, m, d) -> (..., H_kv, m, d)``.
+    """
     n_rep = positive_int(n_rep, "n_rep")
     dy = np.asarray(dy)
     if dy.ndim < 3 or dy.shape[-3] % n_rep:
@@ -190,7 +193,12 @@ class MultiHeadAttention(Module):
         return self._affine(concat, "W_o", "b_o"), concat, weights   # (B, n, d_model)
 
     def head_mask(self, mask, batch, n, m, causal=False):
-        """Normalise ``mask`` to something broadcastable to ``(B, H, n, m)`` (or None)."""
+        """Normalise ``mask`` to something broadcastable to ``(B, H, n, m)`` (or None).
+
+        ``mask``: boolean, True = may attend, ``(n, m)``, ``(B, n, m)`` (a head
+        axis is inserted: ``(B, 1, n|1, m)``) or per head ``(B, H, n, m)``;
+        ``causal=True`` ANDs it with ``causal_mask(n, m)``.
+        """
         mask = check_head_mask(mask, batch, self.n_heads, n, m)   # (B, 1, n|1, m) for a 3-axis mask
         if causal:
             cm = causal_mask(n, m)                                # (n, m)
@@ -199,6 +207,17 @@ class MultiHeadAttention(Module):
 
     # -- forward / backward ---------------------------------------------
     def forward(self, x, context=None, mask=None, causal: bool = False, positions=None, kv_positions=None):
+        """``x (B, n, d_model)`` -> ``(B, n, d_model)``; keys and values from ``context (B, m, d_model)`` or ``x``.
+
+        ``mask``: boolean, True = may attend, ``(n, m)``, ``(B, n, m)`` (e.g.
+        ``padding_mask(lengths, m)``, ``(B, 1, m)``; the head axis is inserted)
+        or per head ``(B, H, n, m)``.  ``causal=True`` ANDs it with
+        ``causal_mask(n, m)``.  ``positions (n,)`` and ``kv_positions (m,)`` are
+        the RoPE positions (``rope=True``), default ``arange``.
+        ``.weights (B, H, n, m)``.  Caches the inputs, the projected heads
+        ``q (B, H, n, d_head)``, ``k, v (B, H_kv, m, d_head)``, the concatenated
+        heads and the weights.
+        """
         x = self._check_input(x, "x")
         source = x if context is None else self._check_input(context, "context")
         if source.shape[0] != x.shape[0]:
@@ -215,6 +234,13 @@ class MultiHeadAttention(Module):
         return y
 
     def backward(self, dout):
+        """``dout (B, n, d_model)`` -> ``dx (B, n, d_model)``, or ``(dx, dcontext (B, m, d_model))`` after a cross-attention forward.
+
+        For self-attention ``dx`` sums the Q, K and V paths; key/value
+        gradients of grouped heads are summed over each group.  Adds the
+        gradients of ``W_q, W_k, W_v, W_o`` (and the biases) into ``grads``.
+        Chapter 11.
+        """
         x, source, is_cross, positions, kv_positions, q, k, v, concat, weights = self.cache
         p, g = self.params, self.grads
         dout = as_float_array(dout, "dout")

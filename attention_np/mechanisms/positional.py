@@ -29,7 +29,8 @@ This module gathers four ways of telling it where each token sits.
 
 * **ALiBi** — Press, Smith, Lewis (2022), *Train Short, Test Long: Attention with
   Linear Biases Enables Input Length Extrapolation*.  No embeddings; a fixed bias
-  ``-m_h (i - j)`` is added to the scores of head ``h``, slopes ``m_h = 2^(-8h/H)``.
+  ``-m_h (i - j)`` is added to the scores of head ``h``, slopes ``m_h = 2^(-8h/H)``
+  for ``H`` a power of two (other ``H``: the released code's rule, see :func:`alibi_slopes`).
 
 * **Relative position representations** — Shaw, Uszkoreit, Vaswani (2018),
   *Self-Attention with Relative Position Representations*.  Two learned tables
@@ -79,7 +80,11 @@ def sinusoidal_encoding(n: int, d: int, base: float = 10000.0) -> np.ndarray:
 
 # ---------------------------------------------------------------- RoPE
 def rope_angles(positions, d: int, base: float = 10000.0) -> np.ndarray:
-    """Angles ``p * theta_i`` of shape ``positions.shape + (d/2,)``, ``theta_i = base^(-2i/d)``."""
+    """Angles ``p * theta_i``, ``theta_i = base^(-2i/d)``.
+
+    ``positions (..., n)`` (integers, e.g. ``(n,)``) -> angles ``(..., n, d/2)``
+    (``positions.shape + (d // 2,)``), float64.
+    """
     base, d = positive_float(base, "base"), positive_int(d, "d")
     theta = base ** (-2.0 * np.arange(d // 2) / d)              # (d/2,)
     return np.asarray(positions, dtype=np.float64)[..., None] * theta   # (..., n, d/2)
@@ -138,7 +143,13 @@ def rope(x, positions=None, base: float = 10000.0, interleaved: bool = True) -> 
 
 
 def rope_backward(dy, positions=None, base: float = 10000.0, interleaved: bool = True) -> np.ndarray:
-    """Backward of :func:`rope`: ``dx = R_p^T dy``, i.e. rotate by ``-p theta_i``."""
+    """Backward of :func:`rope`: ``dx = R_p^T dy``, i.e. rotate by ``-p theta_i``.
+
+    ``dy (..., n, d)`` (``d`` even) is the gradient of the rotated array;
+    ``positions``, ``base`` and ``interleaved`` must be those of the forward.
+    Returns ``dx (..., n, d)``.  The rotation is orthogonal, so this is rope
+    with the angles negated.  Chapter 9.
+    """
     dy, cos, sin = _rope_setup(dy, "dy", positions, base)
     return _rotate(dy, cos, -sin, interleaved)
 
@@ -187,7 +198,9 @@ def alibi_bias(n_heads: int, n: int, m: int | None = None) -> np.ndarray:
 
 # ---------------------------------------------------------------- relative (Shaw et al.)
 def relative_positions(n: int, m: int, max_distance: int) -> np.ndarray:
-    """Table index ``clip(j - i_abs, -k, k) + k`` of shape ``(n, m)`` (``k = max_distance``).
+    """Table index ``clip(j - i_abs, -k, k) + k`` of shape ``(n, m)`` (``k = max_distance``), in ``[0, 2k]``.
+
+    ``n`` queries, ``m`` keys (``m >= n``).
 
     Query ``i`` sits at absolute position ``i_abs = i + (m - n)`` (cached-prefix offset).
     """
@@ -250,6 +263,10 @@ def relative_attention(q, k, v, table_k, table_v, mask=None):
 def relative_attention_backward(dout, q, k, v, table_k, table_v, weights):
     """Return ``(dq, dk, dv, dtable_k, dtable_v)`` for :func:`relative_attention`.
 
+    ``dout (..., n, d_v)``; ``q (..., n, d_k)``, ``k (..., m, d_k)``,
+    ``v (..., m, d_v)``, ``table_k (2k+1, d_k)``, ``table_v (2k+1, d_v)`` and the
+    forward's ``weights (..., n, m)``.  Each gradient has its argument's shape.
+
     Gathers become scatter-adds: ``dtable_k[r] = sum_{r(i,j)=r} dS_ij q_i / sqrt(d_k)``
     and ``dtable_v[r] = sum_{r(i,j)=r} alpha_ij dz_i`` (summed over leading axes too).
     """
@@ -300,6 +317,12 @@ class RelativeSelfAttention(Module):
         self.weights = None
 
     def forward(self, x, mask=None) -> np.ndarray:
+        """``x (B, n, d_model)`` -> ``(B, n, d_k)``, with relative key/value terms added.
+
+        ``mask``: boolean, True = may attend, ``(n, n)``, ``(n,)`` or
+        ``(B, n, n)`` (e.g. ``causal_mask(n)`` or ``padding_mask(lengths, n)``).
+        ``.weights (B, n, n)``.  Caches ``x``, the projections and the weights.
+        """
         x = as_float_array(x, "x")
         if x.ndim != 3 or x.shape[-1] != self.d_model:
             raise shape_error("x", f"(B, n, d_model={self.d_model})", x)
@@ -311,6 +334,11 @@ class RelativeSelfAttention(Module):
         return out
 
     def backward(self, dout) -> np.ndarray:
+        """``dout (B, n, d_k)`` -> ``dx (B, n, d_model)``, the sum of the Q, K and V paths.
+
+        Adds ``dW_q, dW_k, dW_v (d_model, d_k)`` and the scatter-added table
+        gradients ``dw_K, dw_V (2*max_distance+1, d_k)`` into ``grads``.
+        """
         x, q, k, v, weights = self.cache
         p = self.params
         dq, dk, dv, dtk, dtv = relative_attention_backward(dout, q, k, v, p["w_K"], p["w_V"], weights)
