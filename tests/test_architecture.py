@@ -17,7 +17,9 @@ ALLOWED = {            # top-level part -> parts of attention_np it may import
     "mechanisms": {"nn", "mechanisms"},
     "train": {"nn", "train"},
     "viz": {"viz"},
-    "grading": {"grading"},
+    # the grader's guard loads the package at run time, inside the kernel, to wrap the off-limits objects
+    # and keep the references for the checks; the library itself never imports grading
+    "grading": {"grading", "attention_np"},
     "bench": {"bench", "mechanisms", "nn"},
 }
 
