@@ -56,7 +56,12 @@ def visual_sentinel(x_t, h_prev, m_t, W_x, W_h):
 
 
 def visual_sentinel_backward(ds, x_t, h_prev, m_t, W_x, W_h, g):
-    """Backward of :func:`visual_sentinel`: ``(dx_t, dh_prev, dm_t, dW_x, dW_h)``."""
+    """Backward of :func:`visual_sentinel`: ``(dx_t, dh_prev, dm_t, dW_x, dW_h)``.
+
+    ``ds (B, d)``; ``x_t (B, d_in)``, ``h_prev, m_t (B, d)``, ``W_x (d_in, d)``,
+    ``W_h (d, d)`` and the gate ``g (B, d)`` from the forward.  Each gradient
+    has its argument's shape.
+    """
     tm = np.tanh(m_t)                                      # (B, d)
     dpre = sigmoid_backward(ds * tm, g)                    # (B, d)
     dm = tanh_backward(ds * g, tm)                         # (B, d)
@@ -107,7 +112,9 @@ def _scores(regions, h_t, sentinel, params):
 def adaptive_attention(regions, h_t, sentinel, params, mask=None):
     """Forward: ``(c_hat (B, d), weights (B, k+1))``; ``beta = weights[:, -1]``.
 
-    ``params``: ``W_v, W_g, W_s (d, d_att)``, ``w_h (d_att,)``; ``mask (B, k)``.
+    ``regions (B, k, d)``, ``h_t (B, d)``, ``sentinel (B, d)``; ``params``:
+    ``W_v, W_g, W_s (d, d_att)``, ``w_h (d_att,)``; ``mask (B, k)``, boolean,
+    True = may attend (the sentinel is always allowed).
     """
     B, k, _ = regions.shape
     logits, _, _ = _scores(regions, h_t, sentinel, params)
@@ -119,7 +126,13 @@ def adaptive_attention(regions, h_t, sentinel, params, mask=None):
 
 
 def adaptive_attention_backward(dc_hat, regions, h_t, sentinel, params, weights):
-    """Backward: ``(dregions, dh_t, dsentinel, dparams)``."""
+    """Backward of :func:`adaptive_attention`: ``(dregions, dh_t, dsentinel, dparams)``.
+
+    ``dc_hat (B, d)``; ``regions (B, k, d)``, ``h_t (B, d)``, ``sentinel (B, d)``,
+    ``params`` and ``weights (B, k+1)`` as in the forward.  Returns
+    ``dregions (B, k, d)``, ``dh_t (B, d)``, ``dsentinel (B, d)`` and one
+    gradient per key of ``params``.
+    """
     B, k, d = regions.shape
     d_att = params["W_v"].shape[1]
     _, T_v, T_s = _scores(regions, h_t, sentinel, params)

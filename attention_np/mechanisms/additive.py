@@ -113,7 +113,11 @@ def _hidden(query, keys, W_q, W_k):
 
 
 def additive_scores(query, keys, W_q, W_k, v):
-    """Alignment scores ``e (..., n, m)`` with ``e_ij = v . tanh(q_i W_q + k_j W_k)``."""
+    """Alignment scores ``e (..., n, m)`` with ``e_ij = v . tanh(q_i W_q + k_j W_k)``.
+
+    ``query (..., n, d_q)``, ``keys (..., m, d_k)``, ``W_q (d_q, d_a)``,
+    ``W_k (d_k, d_a)``, ``v (d_a,)``.
+    """
     W_q, W_k, v = _check_params(W_q, W_k, v)
     query, keys = _check_qk(query, keys, W_q, W_k)
     _lead(query, keys)
@@ -123,7 +127,10 @@ def additive_scores(query, keys, W_q, W_k, v):
 def additive_attention(query, keys, values, W_q, W_k, v, mask=None, return_hidden: bool = False):
     """Return ``(out (..., n, d_v), weights (..., n, m))``.
 
-    With ``return_hidden=True`` also return the tanh tensor ``(..., n, m, d_a)``
+    ``query (..., n, d_q)``, ``keys (..., m, d_k)``, ``values (..., m, d_v)``
+    (leading axes broadcast), ``W_q (d_q, d_a)``, ``W_k (d_k, d_a)``,
+    ``v (d_a,)``.  ``mask``: boolean, True = may attend, broadcastable to
+    ``(..., n, m)``.  With ``return_hidden=True`` also return the tanh tensor ``(..., n, m, d_a)``
     so that the backward does not recompute it.
     """
     W_q, W_k, v = _check_params(W_q, W_k, v)
@@ -144,8 +151,9 @@ def additive_attention(query, keys, values, W_q, W_k, v, mask=None, return_hidde
 def additive_attention_backward(dout, query, keys, values, W_q, W_k, v, weights, hidden=None):
     """Return ``(dquery, dkeys, dvalues, dW_q, dW_k, dv)``, each shaped like its argument.
 
-    ``weights`` (and optionally ``hidden``) come from the forward; ``hidden``
-    is recomputed when not given.  Masked entries have weight 0 and therefore
+    ``dout (..., n, d_v)``; the inputs and parameters as in the forward;
+    ``weights (..., n, m)`` (and optionally ``hidden (..., n, m, d_a)``) come
+    from the forward; ``hidden`` is recomputed when not given.  Masked entries have weight 0 and therefore
     receive no gradient.  Broadcast leading axes are summed back.
     """
     W_q, W_k, v = _check_params(W_q, W_k, v)

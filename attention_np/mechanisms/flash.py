@@ -89,6 +89,10 @@ def flash_attention(q, k, v, causal: bool = False, block_size: int = DEFAULT_BLO
                     scale: float | None = None):
     """Return ``(out (..., n, d_v), lse (..., n))``, equal to softmax attention.
 
+    ``q (..., n, d_k)``, ``k (..., m, d_k)``, ``v (..., m, d_v)``; leading axes
+    broadcast.  No mask argument: ``causal=True`` lets query ``i`` see keys
+    ``j <= i + (m - n)`` (needs ``m >= n``).
+
     ``lse[..., i]`` is the log-sum-exp of query ``i``'s (scaled, masked)
     scores; the backward needs it.  ``block_size`` is both ``B_r`` and ``B_c``.
     """
@@ -132,7 +136,9 @@ def flash_attention_backward(dout, q, k, v, out, lse, causal: bool = False,
                              block_size: int = DEFAULT_BLOCK_SIZE, scale: float | None = None):
     """Return ``(dq, dk, dv)`` with the shapes of ``q, k, v``.
 
-    ``out`` and ``lse`` are the forward's outputs; score blocks are recomputed
+    ``dout (..., n, d_v)``; ``q (..., n, d_k)``, ``k (..., m, d_k)``,
+    ``v (..., m, d_v)``, ``causal``, ``block_size`` and ``scale`` as in the
+    forward; ``out (..., n, d_v)`` and ``lse (..., n)`` are the forward's outputs; score blocks are recomputed
     from ``lse``, so no ``n x m`` array is stored or allocated.  The loop order
     follows FlashAttention-2: key blocks outside (``dK_j, dV_j`` accumulate
     locally), query blocks inside (``dQ_i`` accumulates into ``dq``).

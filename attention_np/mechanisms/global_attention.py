@@ -42,7 +42,12 @@ SCORES = ("dot", "general", "concat")
 
 # ---------------------------------------------------------------- score functions
 def luong_scores(h_t, source, method, W_a=None, v_a=None):
-    """Scores ``(B, S)`` of ``h_t (B, d)`` against ``source (B, S, d)``; returns ``(scores, cache)``."""
+    """Scores ``(B, S)`` of ``h_t (B, d)`` against ``source (B, S, d)``; returns ``(scores, cache)``.
+
+    ``method``: ``"dot"``, ``"general"`` (``W_a (d, d)``) or ``"concat"``
+    (``W_a (2d, d_a)``, ``v_a (d_a,)``).  ``cache`` is None, ``h_t W_a (B, d)``
+    or the tanh activations ``(B, S, d_a)``.
+    """
     if method == "dot":
         scores = np.einsum("bsd,bd->bs", source, h_t)      # (B, S, d) . (B, d) -> (B, S)
         return scores, None
@@ -127,7 +132,9 @@ def init_score_params(module, method, d, d_att, rng):
 def output_backward(dh_tilde, h_tilde, context, h_t, source, weights, W_c):
     """Backward of ``h̃ = tanh([c; h_t] W_c)`` and ``c = Σ_s a_s h̄_s`` (shared by global and local attention).
 
-    Returns ``(dweights (B, S), dsource (B, S, d) value path, dh_t (B, d) from the mix, dW_c)``.
+    ``dh_tilde, h_tilde, context, h_t (B, d)``, ``source (B, S, d)``,
+    ``weights (B, S)``, ``W_c (2d, d)``.  Returns ``(dweights (B, S),
+    dsource (B, S, d) value path, dh_t (B, d) from the mix, dW_c (2d, d))``.
     """
     dcontext, dh, dW_c = attentional_hidden_backward(dh_tilde, h_tilde, context, h_t, W_c)
     dweights = np.einsum("bd,bsd->bs", dcontext, source)               # (B, S)  (P4)

@@ -81,7 +81,8 @@ def reinforce_logit_gradient(weights, sample, advantage) -> np.ndarray:
 def entropy_logit_gradient(weights) -> np.ndarray:
     """``dH/de`` for ``H = -sum_j alpha_j log alpha_j``, ``alpha = softmax(e)``: ``-alpha (log alpha + H)``.
 
-    Masked entries (``alpha = 0``) get 0.
+    ``weights (..., L)`` are ``alpha``; returns ``dH/de (..., L)``.  Masked
+    entries (``alpha = 0``) get 0.
     """
     weights = as_float_array(weights, "weights")
     positive = weights > 0
@@ -95,8 +96,8 @@ def gumbel_softmax(logits, tau: float, rng, hard: bool = False, mask=None):
     """Relaxed categorical sample ``softmax((logits + g) / tau)`` along the last axis.
 
     Returns ``(y, y_soft)``: ``y_soft`` is the relaxed sample (needed by the
-    backward); ``y`` equals it, or with ``hard=True`` is ``onehot(argmax y_soft)``
-    (straight-through).  ``mask`` (True = allowed) broadcasts to ``logits``;
+    backward), ``(..., L)`` like ``logits (..., L)``; ``y`` equals it, or with
+    ``hard=True`` is ``onehot(argmax y_soft)`` (straight-through).  ``mask`` (True = allowed) broadcasts to ``logits``;
     masked positions get zero weight and are never the argmax.
     """
     logits = as_float_array(logits, "logits")
@@ -116,7 +117,11 @@ def gumbel_softmax(logits, tau: float, rng, hard: bool = False, mask=None):
 
 
 def gumbel_softmax_backward(dy, y_soft, tau: float) -> np.ndarray:
-    """``dlogits = softmax_backward(dy, y_soft) / tau`` (straight-through when the forward was hard)."""
+    """``dlogits = softmax_backward(dy, y_soft) / tau`` (straight-through when the forward was hard).
+
+    ``dy (..., L)`` is the gradient at ``y``; ``y_soft (..., L)`` the forward's
+    relaxed sample; returns ``dlogits (..., L)``.
+    """
     dy = as_float_array(dy, "dy")
     if dy.shape != np.shape(y_soft):
         raise shape_error("dy", str(np.shape(y_soft)), dy)
@@ -148,6 +153,10 @@ class HardAttention(Module):
 
         ``rng`` draws the sample.  Passing ``sample (B,)`` freezes it instead
         (gradient checks; replaying a step); it must not point at a masked location.
+        ``mask``: boolean, True = may attend, ``(B, L)`` or ``(L,)``; a fully
+        masked row gets sample ``-1`` and a zero output.  ``.weights (B, L)``,
+        ``.sample (B,)``.  Caches the inputs, the tanh activations
+        ``(B, L, d_hidden)``, the weights and the sample.
         """
         features, state, mask = check_features_state(features, state, self.d_feature, self.d_state, mask)
         B, L, _ = features.shape
@@ -171,8 +180,12 @@ class HardAttention(Module):
     def backward(self, dcontext, advantage, entropy: float = 0.0):
         """Pathwise + score-function gradients; returns ``(dfeatures, dstate)``.
 
-        ``advantage`` (scalar or ``(B,)``) is ``lambda_r (R - b)`` per example;
-        ``entropy`` is the weight ``lambda_e`` of an entropy bonus (maximised).
+        ``dcontext (B, D)`` is the gradient at the output; ``advantage`` (scalar
+        or ``(B,)``) is ``lambda_r (R - b)`` per example; ``entropy`` is the
+        weight ``lambda_e`` of an entropy bonus (maximised).  Returns
+        ``dfeatures (B, L, D)`` (pathwise into the chosen row + score-function
+        path through the scores) and ``dstate (B, d_state)``; adds ``dW_a``,
+        ``dW_h``, ``db``, ``dw`` into ``grads``.  Chapter 5.
         """
         features, state, T, weights, sample = self.cache
         B, L, D = features.shape

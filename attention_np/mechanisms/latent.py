@@ -94,7 +94,10 @@ class MultiHeadLatentAttention(Module):
 
     # ------------------------------------------------------------- helpers
     def cache_elements_per_token(self) -> int:
-        """Numbers cached per token and layer when decoding: ``d_c + d_R`` (576 in DeepSeek-V2)."""
+        """Numbers cached per token and layer when decoding: ``d_c + d_R`` (576 in DeepSeek-V2).
+
+        The cache rows are ``c_kv (d_c,)`` and ``k_r (d_R,)`` per token.
+        """
         return self.d_latent_kv + self.d_rope
 
     def _split(self, y, width):
@@ -138,9 +141,14 @@ class MultiHeadLatentAttention(Module):
     def forward(self, x, mask=None, causal: bool = False) -> np.ndarray:
         """Naive MLA: materialise per-head keys and values, then SDPA.
 
-        ``mask`` (boolean, True = may attend) must broadcast to ``(B, H, n, n)``
-        (e.g. ``padding_mask(lengths, n)[:, None]``); with ``causal`` it is
-        combined with the causal mask.
+        ``x (B, n, d_model)`` -> ``(B, n, d_model)``.  ``mask``: boolean,
+        True = may attend, ``(n, n)``, ``(B, n, n)`` (e.g.
+        ``padding_mask(lengths, n)``, ``(B, 1, n)``; the head axis is inserted)
+        or per head ``(B, H, n, n)``; ``causal=True`` ANDs it with
+        ``causal_mask(n)``.  ``.weights (B, H, n, n)``.  Caches ``x``, the
+        latents ``c_kv (B, n, d_c)``, ``c_q (B, n, d_c')``, the per-head
+        ``q, k (B, H, n, d_h + d_R)``, ``v (B, H, n, d_h)``, the weights and the
+        concatenated heads.
         """
         x = self._check_x(x)
         B, n, _ = x.shape
@@ -161,6 +169,12 @@ class MultiHeadLatentAttention(Module):
         return concat @ P["W_o"]                                         # (B, n, d_model)
 
     def backward(self, dout) -> np.ndarray:
+        """``dout (B, n, d_model)`` -> ``dx (B, n, d_model)`` (backward of the naive :meth:`forward`).
+
+        The shared RoPE key's gradient is summed over the heads and un-rotated;
+        ``dx`` sums the latent, query and RoPE-key paths.  Adds the gradients
+        of all eight weight matrices into ``grads``.  Chapter 13.
+        """
         c = self.cache
         P, G, d_h = self.params, self.grads, self.d_head
         x, c_kv, c_q, positions = c["x"], c["c_kv"], c["c_q"], c["positions"]
@@ -205,7 +219,12 @@ class MultiHeadLatentAttention(Module):
         return self._merge(context) @ P["W_o"]                           # (B, n, d_model)
 
     def forward_absorbed(self, x, mask=None, causal: bool = False) -> np.ndarray:
-        """Same output as :meth:`forward`, computed by scoring queries against the latents."""
+        """Same output as :meth:`forward`, computed by scoring queries against the latents.
+
+        ``x (B, n, d_model)`` -> ``(B, n, d_model)``; ``mask`` and ``causal`` as in
+        :meth:`forward`.  Inference only: sets ``.weights (B, H, n, n)`` but
+        caches nothing and has no backward.
+        """
         x = self._check_x(x)
         B, n, _ = x.shape
         c_kv, _, q_c, q_r, k_r = self._project(x, np.arange(n))

@@ -100,7 +100,10 @@ def _forward(q, k, v, causal):
 def linear_attention(q, k, v, causal: bool = False) -> np.ndarray:
     """Linear attention with ``phi = elu + 1``; returns ``out (..., n, d_v)``.
 
-    ``causal=True`` lets query ``i`` see keys ``j <= i + (m - n)``.
+    ``q (..., n, d_k)``, ``k (..., m, d_k)``, ``v (..., m, d_v)``; leading axes
+    broadcast.  No mask argument: ``causal=True`` lets query ``i`` see keys
+    ``j <= i + (m - n)`` (needs ``m >= n``).  A row whose normaliser is 0
+    (every ``phi`` term underflowed) outputs 0.
     """
     q, k, v = _check(q, k, v, causal)
     return _forward(q, k, v, causal)[-1]
@@ -112,7 +115,12 @@ def _reverse_cumsum(x, axis):
 
 
 def linear_attention_backward(dout, q, k, v, causal: bool = False):
-    """Return ``(dq, dk, dv)`` for :func:`linear_attention` (the forward is recomputed)."""
+    """Return ``(dq, dk, dv)`` for :func:`linear_attention` (the forward is recomputed).
+
+    ``dout (..., n, d_v)``; ``q (..., n, d_k)``, ``k (..., m, d_k)``,
+    ``v (..., m, d_v)`` and ``causal`` as in the forward.  The gradients have
+    the shapes of ``q, k, v`` (broadcast axes summed back).
+    """
     shapes = (np.shape(q), np.shape(k), np.shape(v))
     q, k, v = _check(q, k, v, causal)
     phi_q, phi_k, states, z, den, out = _forward(q, k, v, causal)
@@ -188,6 +196,12 @@ class LinformerAttention(Module):
         return y.reshape(y.shape[:-2] + (self.d_model,))
 
     def forward(self, x) -> np.ndarray:
+        """``x (..., seq_len, d_model)`` -> ``(..., seq_len, d_model)``; no mask (Linformer cannot be causal).
+
+        The sequence length must equal ``seq_len`` (``E, F`` are ``(k, seq_len)``).
+        ``.weights (..., H, seq_len, k)``.  Caches ``x``, the full keys and
+        values ``(..., seq_len, d_model)``, the heads and the weights.
+        """
         x = as_float_array(x, "x")
         if x.ndim < 2 or x.shape[-2] != self.seq_len:
             raise shape_error("x", f"(..., seq_len={self.seq_len}, d_model={self.d_model})", x)
@@ -209,6 +223,11 @@ class LinformerAttention(Module):
         return out
 
     def backward(self, dout) -> np.ndarray:
+        """``dout (..., seq_len, d_model)`` -> ``dx (..., seq_len, d_model)``, the sum of the Q, K and V paths.
+
+        Adds the gradients of ``W_q, W_k, W_v, W_o`` (and biases) and of the
+        sequence projections ``E, F (k, seq_len)`` into ``grads``.  Chapter 19.
+        """
         x, K, V, Qh, Kh, Vh, weights, concat = self.cache
         D = self.d_model
         dout = as_float_array(dout, "dout")

@@ -66,7 +66,10 @@ def local_weights(scores, p_t, window, mask=None, gaussian=True):
 
 
 def local_weights_backward(dweights, align, gauss, p_t, window, gaussian=True):
-    """Backward of :func:`local_weights` with the window held fixed: ``-> (dscores (B, S), dp_t (B,))``."""
+    """Backward of :func:`local_weights` with the window held fixed: ``-> (dscores (B, S), dp_t (B,))``.
+
+    ``dweights (B, S)``; ``align``, ``gauss (B, S)`` and ``p_t (B,)`` from the forward.
+    """
     dscores = softmax_backward(dweights * gauss, align)               # (B, S); zero outside the window
     if not gaussian:
         return dscores, np.zeros_like(p_t)

@@ -72,7 +72,12 @@ def dot_product_attention(q, k, v, mask=None, scale: float | None = None, normal
 
 def dot_product_attention_backward(dout, q, k, v, weights, scale: float | None = None,
                                    normalize_backward=softmax_backward):
-    """Backward of :func:`dot_product_attention`; ``normalize_backward(dweights, weights)`` -> dscores."""
+    """Backward of :func:`dot_product_attention`; ``normalize_backward(dweights, weights)`` -> dscores.
+
+    ``dout (..., n, d_v)``; ``q (..., n, d_k)``, ``k (..., m, d_k)``,
+    ``v (..., m, d_v)`` and the forward's ``weights (..., n, m)``.  Returns
+    ``(dq, dk, dv)`` with the shapes of ``q, k, v`` (broadcast axes summed back).
+    """
     q, k, v, lead = check_qkv(q, k, v)
     n, m, d_v = q.shape[-2], k.shape[-2], v.shape[-1]
     dout = as_float_array(dout, "dout")
@@ -93,8 +98,14 @@ def dot_product_attention_backward(dout, q, k, v, weights, scale: float | None =
 def scaled_dot_product_attention(q, k, v, mask=None, scale: float | None = None):
     """Return ``(out (..., n, d_v), weights (..., n, m))``.
 
-    ``scale`` defaults to ``1/sqrt(d_k)``; pass ``scale=1.0`` for unscaled
-    dot-product attention (Luong's "dot" score).
+    ``q (..., n, d_k)``, ``k (..., m, d_k)``, ``v (..., m, d_v)``; the leading
+    axes (batch, heads) broadcast.  ``mask``: boolean, True = may attend,
+    ``(n, m)``, ``(m,)`` or one axis per score axis, e.g. ``(B, 1, m)`` against
+    ``(B, n, m)`` scores or ``(B, 1, 1, m)`` against per-head ``(B, H, n, m)``
+    (a three-axis mask against four-axis scores is refused).  A query whose
+    keys are all masked gets zero weights and a zero output.  ``scale``
+    defaults to ``1/sqrt(d_k)``; pass ``scale=1.0`` for unscaled dot-product
+    attention (Luong's "dot" score).  Chapter 2.
     """
     return dot_product_attention(q, k, v, mask=mask, scale=scale, normalize=softmax)
 
@@ -102,8 +113,11 @@ def scaled_dot_product_attention(q, k, v, mask=None, scale: float | None = None)
 def scaled_dot_product_attention_backward(dout, q, k, v, weights, scale: float | None = None):
     """Return ``(dq, dk, dv)`` with the shapes of ``q, k, v``.
 
-    ``weights`` is the second output of the forward; masked entries are 0 there,
-    so they receive no gradient.  Broadcast leading axes are summed back.
+    ``dout (..., n, d_v)`` is the gradient at the output; ``q (..., n, d_k)``,
+    ``k (..., m, d_k)``, ``v (..., m, d_v)`` and ``scale`` are the forward's;
+    ``weights (..., n, m)`` is the second output of the forward (masked entries
+    are 0 there, so they receive no gradient and no mask is needed).
+    Broadcast leading axes are summed back.  Chapter 2.
     """
     return dot_product_attention_backward(dout, q, k, v, weights, scale=scale,
                                           normalize_backward=softmax_backward)

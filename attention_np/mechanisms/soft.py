@@ -67,7 +67,12 @@ def additive_scores(features, state, W_a, W_h, b, w):
 
 
 def additive_scores_backward(de, features, state, W_a, W_h, w, T):
-    """Backward of :func:`additive_scores`: ``(dfeatures, dstate, dW_a, dW_h, db, dw)``."""
+    """Backward of :func:`additive_scores`: ``(dfeatures, dstate, dW_a, dW_h, db, dw)``.
+
+    ``de (B, L)``; ``features (B, L, D)``, ``state (B, d_state)``,
+    ``W_a (D, d_a)``, ``W_h (d_state, d_a)``, ``w (d_a,)`` and ``T (B, L, d_a)``
+    from the forward.  Each gradient has its argument's shape (``db (d_a,)``).
+    """
     D, d_a = W_a.shape
     dw = np.einsum("bl,bla->a", de, T)                     # (d_a,)
     dpre = tanh_backward(de[..., None] * w, T)             # (B, L, d_a)
@@ -103,7 +108,8 @@ def soft_attention(features, state, params, mask=None):
 def soft_attention_backward(dcontext, features, state, params, weights, beta, dweights=None):
     """Backward of :func:`soft_attention`.
 
-    ``dweights (B, L)``, optional, is a gradient that reaches the weights from
+    ``dcontext (B, D)``; ``features``, ``state``, ``params`` as in the forward
+    and its ``weights (B, L)``, ``beta (B,)``.  ``dweights (B, L)``, optional, is a gradient that reaches the weights from
     elsewhere than the context — e.g. the doubly stochastic penalty's — and is
     added before the softmax backward.  Returns ``(dfeatures (B, L, D),
     dstate (B, d_state), dparams)`` where ``dparams`` has one gradient per key
@@ -176,7 +182,12 @@ class SoftAttention(Module):
         self.beta = None
 
     def forward(self, features, state, mask=None) -> np.ndarray:
-        """``features (B, L, D)``, ``state (B, d_state)``, ``mask (B, L)`` -> context ``(B, D)``."""
+        """``features (B, L, D)``, ``state (B, d_state)``, ``mask (B, L)`` -> context ``(B, D)``.
+
+        ``mask``: boolean, True = may attend, ``(B, L)`` or ``(L,)``; a fully
+        masked row gives a zero context.  ``.weights (B, L)``, ``.beta (B,)``.
+        Caches the inputs, the weights and the gate.
+        """
         features, state, mask = check_features_state(features, state, self.d_feature, self.d_state, mask)
         context, self.weights, self.beta = soft_attention(features, state, self.params, mask)
         self.cache = (features, state, self.weights, self.beta)
@@ -187,6 +198,8 @@ class SoftAttention(Module):
 
         ``dweights (B, L)``, optional: a gradient arriving at ``.weights`` from
         elsewhere, such as ``doubly_stochastic_penalty``'s (sliced per step).
+        Adds ``dW_a``, ``dW_h``, ``db``, ``dw`` (and ``dw_beta``, ``db_beta``)
+        into ``grads``.  Chapter 4.
         """
         features, state, weights, beta = self.cache
         dcontext = as_float_array(dcontext, "dcontext")

@@ -89,7 +89,11 @@ def _shift_and_mask(z, mask):
 
 
 def sparsemax_threshold(z, axis: int = -1) -> np.ndarray:
-    """The threshold ``tau(z)`` (sort, cumsum, support size); shape of ``z`` without ``axis``."""
+    """The threshold ``tau(z)`` (sort, cumsum, support size).
+
+    ``z (..., K)`` (``K`` along ``axis``) -> ``tau (...)``, the shape of ``z``
+    without ``axis``; ``sparsemax(z) = max(z - tau, 0)``.
+    """
     z = np.moveaxis(as_float_array(z, "z"), axis, -1)                            # (..., K)
     if z.shape[-1] == 0:
         raise shape_error("z", "(..., K) with K >= 1 along axis", z)
@@ -105,9 +109,10 @@ def sparsemax_threshold(z, axis: int = -1) -> np.ndarray:
 def sparsemax(z, axis: int = -1, mask=None) -> np.ndarray:
     """Sparsemax along ``axis``: ``max(z - tau, 0)``, sums to 1, often exact zeros.
 
-    Vectorised over every other axis.  ``mask`` (boolean, True = keep,
-    broadcastable to ``z``) forces entries to exactly 0; a fully masked slice
-    returns all zeros.
+    Martins & Astudillo (2016); Chapter 16.  ``z (..., K)`` (``K`` along
+    ``axis``) -> weights ``(..., K)``, vectorised over every other axis.
+    ``mask`` (boolean, True = keep; ``(n, K)``, ``(K,)`` or one axis per axis of
+    ``z``) forces entries to exactly 0; a fully masked slice returns all zeros.
     """
     z = as_float_array(z, "z")
     if z.ndim == 0:
@@ -127,8 +132,9 @@ def sparsemax(z, axis: int = -1, mask=None) -> np.ndarray:
 def sparsemax_backward(dp, p, axis: int = -1) -> np.ndarray:
     """Backward of sparsemax: ``dz = s * (dp - sum_S(dp) / |S|)``, ``s = (p > 0)``.
 
-    ``p`` is the forward's output.  Entries outside the support (and all entries
-    of a fully masked slice) receive zero gradient.
+    ``dp (..., K)`` upstream gradient and ``p (..., K)`` the forward's output,
+    ``K`` along ``axis``; returns ``dz (..., K)``.  Entries outside the support
+    (and all entries of a fully masked slice) receive zero gradient.
     """
     dp, p = as_float_array(dp, "dp"), as_float_array(p, "p")
     if dp.shape != p.shape:
@@ -168,7 +174,7 @@ def sliding_window_mask(n: int, window: int, causal: bool = False) -> np.ndarray
 
 
 def strided_mask(n: int, stride: int) -> np.ndarray:
-    """Child et al.'s causal strided pattern with stride ``l``.
+    """Child et al.'s causal strided pattern with stride ``l``, boolean ``(n, n)``.
 
     ``A_i = {j <= i : i - l <= j} U {j <= i : (i - j) mod l = 0}``: the previous
     ``l`` positions (the "row" head) and every ``l``-th earlier position (the
@@ -181,7 +187,7 @@ def strided_mask(n: int, stride: int) -> np.ndarray:
 
 
 def fixed_mask(n: int, block: int, c: int) -> np.ndarray:
-    """Child et al.'s causal fixed pattern with block length ``l`` and ``c`` summary keys.
+    """Child et al.'s causal fixed pattern with block length ``l`` and ``c`` summary keys, boolean ``(n, n)``.
 
     ``A_i = {j <= i : floor(j / l) = floor(i / l)} U {j <= i : j mod l >= l - c}``:
     the query's own block and the last ``c`` positions of every block, which
@@ -206,6 +212,8 @@ def _global_index(global_tokens, n):
 def longformer_mask(n: int, window: int, global_tokens) -> np.ndarray:
     """Longformer: a symmetric sliding window plus global tokens (boolean ``(n, n)``).
 
+    ``global_tokens``: positions ``(g,)`` in ``[0, n)`` (or None).
+
     A global token attends to every position *and* every position attends to
     it (both directions).  ``n = 8``, window ``+-1`` (``window=2``) and one
     global token give 34 allowed entries.  (The paper also gives global tokens
@@ -219,7 +227,10 @@ def longformer_mask(n: int, window: int, global_tokens) -> np.ndarray:
 
 
 def bigbird_mask(n: int, window: int, n_random: int, global_tokens, rng) -> np.ndarray:
-    """BigBird: window + global tokens + ``n_random`` random keys per query.
+    """BigBird: window + global tokens + ``n_random`` random keys per query, boolean ``(n, n)``.
+
+    ``global_tokens``: positions ``(g,)`` (or None); ``rng``: a
+    ``numpy.random.Generator`` (required).
 
     Each query gets ``n_random`` extra keys drawn without replacement among the
     keys the window and global tokens do not already give it (fewer when not
@@ -244,7 +255,9 @@ def bigbird_mask(n: int, window: int, n_random: int, global_tokens, rng) -> np.n
 def sparsemax_attention(q, k, v, mask=None, scale: float | None = None):
     """Return ``(out (..., n, d_v), weights (..., n, m))`` with sparsemax weights.
 
-    ``weights = sparsemax(q k^T * scale)`` row by row (``scale`` defaults to
+    ``q (..., n, d_k)``, ``k (..., m, d_k)``, ``v (..., m, d_v)``; ``mask``
+    boolean, True = may attend, broadcastable to ``(..., n, m)`` as in
+    scaled dot-product attention.  ``weights = sparsemax(q k^T * scale)`` row by row (``scale`` defaults to
     ``1/sqrt(d_k)``), masked entries exactly 0, fully masked rows all 0.  Only
     the normaliser differs from scaled dot-product attention, so both share
     :func:`~attention_np.mechanisms.scaled_dot_product.dot_product_attention`.
@@ -253,7 +266,12 @@ def sparsemax_attention(q, k, v, mask=None, scale: float | None = None):
 
 
 def sparsemax_attention_backward(dout, q, k, v, weights, scale: float | None = None):
-    """Return ``(dq, dk, dv)``; ``weights`` is the forward's second output (zero off the support)."""
+    """Return ``(dq, dk, dv)`` with the shapes of ``q, k, v``.
+
+    ``dout (..., n, d_v)``; ``q (..., n, d_k)``, ``k (..., m, d_k)``,
+    ``v (..., m, d_v)``; ``weights (..., n, m)`` is the forward's second output
+    (zero off the support, so those entries get no gradient).
+    """
     return dot_product_attention_backward(dout, q, k, v, weights, scale=scale,
                                           normalize_backward=sparsemax_backward)
 
@@ -263,6 +281,7 @@ def band_offsets(window: int, causal: bool = False) -> np.ndarray:
     """Key offsets ``o_w = j - i`` of the band's columns, as in :func:`sliding_window_mask`.
 
     Non-causal: ``-(window // 2), ..., window // 2``; causal: ``-(window - 1), ..., 0``.
+    Returns integers ``(W,)``.
     """
     window = _check_positive(window, "window")
     if causal:
@@ -331,7 +350,12 @@ def sliding_window_attention(q, k, v, window: int, causal: bool = False, scale: 
 
 def sliding_window_attention_backward(dout, q, k, v, weights, window: int, causal: bool = False,
                                       scale: float | None = None):
-    """Return ``(dq, dk, dv)``; ``weights (..., n, W)`` is the forward's second output."""
+    """Return ``(dq, dk, dv)`` with the shapes of ``q, k, v``.
+
+    ``dout (..., n, d_v)``; ``q (..., n, d_k)``, ``k (..., n, d_k)``,
+    ``v (..., n, d_v)``; ``weights (..., n, W)`` is the forward's second output
+    (band form); ``window``, ``causal`` and ``scale`` as in the forward.
+    """
     q, k, v, lead = check_qkv(q, k, v)
     n, d_v = q.shape[-2], v.shape[-1]
     if k.shape[-2] != n:

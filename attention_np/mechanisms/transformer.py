@@ -60,6 +60,10 @@ class FeedForward(Module):
         self.add_param("b_2", np.zeros(self.d_model))
 
     def forward(self, x) -> np.ndarray:
+        """``x (..., d_model)``, e.g. ``(B, n, d_model)`` -> ``(..., d_model)``, each position independently.
+
+        Caches ``x``, the pre-activation and the activation ``(..., d_ff)``.
+        """
         x = as_float_array(x, "x")
         if x.ndim < 1 or x.shape[-1] != self.d_model:
             raise shape_error("x", f"(..., d_model={self.d_model})", x)
@@ -70,6 +74,11 @@ class FeedForward(Module):
         return a @ p["W_2"] + p["b_2"]                           # (..., d_model)
 
     def backward(self, dout) -> np.ndarray:
+        """``dout (..., d_model)`` -> ``dx (..., d_model)``.
+
+        Adds ``dW_1 (d_model, d_ff)``, ``db_1 (d_ff,)``, ``dW_2 (d_ff, d_model)``,
+        ``db_2 (d_model,)`` into ``grads``.
+        """
         x, z, a = self.cache
         p, g = self.params, self.grads
         d2 = dout.reshape(-1, self.d_model)                      # (N, d_model)
@@ -108,7 +117,18 @@ class TransformerBlock(Module):
         return cached_attention(self.attn, x, cache, mask=mask)  # inference: causal over the cache
 
     def forward(self, x, mask=None, positions=None, cache: KVCache | None = None) -> np.ndarray:
-        """With ``cache`` (inference only, causal blocks): ``x`` holds the new tokens after the cached prefix."""
+        """``x (B, n, d_model)`` -> ``(B, n, d_model)``: attention and feed-forward sub-layers with residuals.
+
+        ``mask``: boolean, True = may attend, ``(n, n)``, ``(B, n, n)`` (e.g.
+        ``padding_mask(lengths, n)``, ``(B, 1, n)``) or per head ``(B, H, n, n)``;
+        ANDed with the causal mask in a causal block.  ``positions (n,)``: RoPE
+        positions (``rope=True``), default ``arange(n)``.  The sub-layers cache
+        their own forward passes.
+
+        With ``cache`` (a :class:`KVCache`; inference only, causal blocks): ``x``
+        holds the new tokens ``(B, s, d_model)`` after the cached prefix, and
+        nothing is cached for a backward.
+        """
         x = as_float_array(x, "x")
         if x.ndim != 3 or x.shape[-1] != self.d_model:
             raise shape_error("x", f"(B, n, d_model={self.d_model})", x)
@@ -121,6 +141,11 @@ class TransformerBlock(Module):
         return self.ln2(h + self.drop2(self.ffn(h)))
 
     def backward(self, dout) -> np.ndarray:
+        """``dout (B, n, d_model)`` -> ``dx (B, n, d_model)``; each residual passes the gradient through twice.
+
+        The sub-layers (attention, feed-forward, both LayerNorms) add their
+        parameter gradients into their own ``grads``.
+        """
         if self.pre_norm:
             dh = dout + self.ln2.backward(self.ffn.backward(self.drop2.backward(dout)))   # residual: both paths
             return dh + self.ln1.backward(self.attn.backward(self.drop1.backward(dh)))
@@ -180,6 +205,13 @@ class TinyTransformer(Module):
         return self.head(x)                                      # (B, n, vocab_size)
 
     def forward(self, ids, mask=None) -> np.ndarray:
+        """Token ids ``ids (B, n)`` (``n <= max_len``) -> logits ``(B, n, vocab_size)``.
+
+        ``mask``: boolean key padding mask, True = may attend, ``(n, n)``,
+        ``(B, n, n)`` (e.g. ``padding_mask(lengths, n)``, ``(B, 1, n)``) or per
+        head ``(B, H, n, n)``, used by every block (ANDed with the causal mask
+        in a decoder).  Every sub-module caches its own forward pass.
+        """
         x, positions = self._embed(ids, 0)                       # (B, n, d_model)
         for block in self.blocks:
             x = block(x, mask=mask, positions=positions)
@@ -187,6 +219,12 @@ class TinyTransformer(Module):
         return self._readout(x)
 
     def backward(self, dlogits) -> None:
+        """``dlogits (B, n, vocab_size)`` -> ``None`` (integer ids have no gradient).
+
+        Backpropagates through the head, the blocks and the embedding and adds
+        every parameter's gradient into ``grads`` (``W_pos`` and the embedding
+        table included).
+        """
         n = self.cache
         dx = self.head.backward(dlogits)                         # (B, n, d_model)
         if self.ln_f is not None:
@@ -201,7 +239,7 @@ class TinyTransformer(Module):
 
     # -- inference with a KV cache (causal models only) ------------------
     def new_caches(self) -> list[KVCache]:
-        """One empty :class:`KVCache` per layer, sized ``max_len``."""
+        """One empty :class:`KVCache` per layer, sized ``max_len``; each will hold ``(B, H_kv, T, d_head)`` keys and values."""
         return [KVCache(self.max_len) for _ in self.blocks]
 
     def forward_cached(self, ids, caches: list[KVCache]) -> np.ndarray:
