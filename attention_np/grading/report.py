@@ -41,11 +41,6 @@ class Report:
     late: bool = False
     attempts: int = 1        # 2 when a failure outside the student's code was retried
 
-    @property
-    def scored(self) -> bool:
-        """Whether the submission has a score (graded, or graded up to a time limit, or unreadable: 0)."""
-        return self.exercises != [] and not self.status.startswith(("not graded", "unknown notebook"))
-
     def as_dict(self):
         return asdict(self)
 
