@@ -137,3 +137,41 @@ def test_gumbel_softmax_needs_an_explicit_generator():
         gumbel_softmax(np.zeros(3), 1.0, None)
     y, _ = gumbel_softmax(np.zeros(3), 1.0, np.random.default_rng(0))
     assert np.isclose(y.sum(), 1.0)
+
+
+def test_kv_cache_owns_its_first_arrays():
+    from attention_np.mechanisms import KVCache
+    k = np.zeros((1, 1, 2, 4))
+    cache = KVCache()
+    cache.append(k, k.copy())
+    k[...] = 7.0                                           # the caller reuses its buffer
+    assert np.all(cache.keys == 0.0)
+
+
+def test_hard_attention_sampling_needs_an_explicit_generator():
+    from attention_np.mechanisms.hard import sample_categorical
+    with pytest.raises(ValueError, match="rng must be a numpy.random.Generator"):
+        sample_categorical(np.full((2, 3), 1 / 3), None)
+
+
+def test_logsumexp_of_an_all_minus_inf_row_is_minus_inf_without_warning():
+    import warnings
+
+    from attention_np.nn.functional import logsumexp
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = logsumexp(np.array([[-np.inf, -np.inf], [0.0, 0.0]]))
+    assert out[0] == -np.inf and np.isclose(out[1], np.log(2))
+
+
+def test_generate_restores_training_mode_after_an_error():
+    model = TinyTransformer(vocab_size=5, d_model=8, n_heads=2, n_layers=1, d_ff=8, max_len=6, causal=True,
+                            rng=np.random.default_rng(0))
+    model.train()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+    model.forward_cached = broken
+    with pytest.raises(RuntimeError, match="boom"):
+        model.generate(np.array([[1, 2]]), 2)
+    assert model.training

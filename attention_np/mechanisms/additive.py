@@ -34,7 +34,7 @@ Forward (Chapter 3), vectorised over every (query, key) pair:
     T = \tanh\bigl((Q W_q)[\dots, :, \text{None}, :] + (K W_k)[\dots, \text{None}, :, :]\bigr),\quad
     S = T v,\quad P = \operatorname{softmax}(S + \text{mask}),\quad O = P V
 
-Backward (M10 d), with :math:`dP = dO\,V^\top` and
+Backward (Chapter 3), with :math:`dP = dO\,V^\top` and
 :math:`dS = P \odot (dP - \operatorname{rowsum}(dP \odot P))`:
 
 .. math::

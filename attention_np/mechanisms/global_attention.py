@@ -24,9 +24,9 @@ RNN *before* attention, unlike Bahdanau's ``s_{i-1}`` -- and the source states
 length and is left out).  The output layer ``softmax(W_s h̃_t)`` and input
 feeding belong to the decoder that uses this module.
 
-Backward (M11 d): ``dpre = dh̃ ⊙ (1 - h̃²)``, ``dW_c = [c; h]ᵀ dpre``,
-``[dc; dh] = dpre W_cᵀ``; then ``da = source · dc`` (P4), ``dsource += a dc``,
-softmax backward (P3) gives ``dscore``, and each score sends ``dscore`` into
+Backward (Chapter 6): ``dpre = dh̃ ⊙ (1 - h̃²)``, ``dW_c = [c; h]ᵀ dpre``,
+``[dc; dh] = dpre W_cᵀ``; then ``da = source · dc`` (weighted-sum backward), ``dsource += a dc``,
+softmax backward (Chapter 2) gives ``dscore``, and each score sends ``dscore`` into
 ``h_t``, ``source`` and its own parameters.
 """
 from __future__ import annotations
@@ -137,7 +137,7 @@ def output_backward(dh_tilde, h_tilde, context, h_t, source, weights, W_c):
     dsource (B, S, d) value path, dh_t (B, d) from the mix, dW_c (2d, d))``.
     """
     dcontext, dh, dW_c = attentional_hidden_backward(dh_tilde, h_tilde, context, h_t, W_c)
-    dweights = np.einsum("bd,bsd->bs", dcontext, source)               # (B, S)  (P4)
+    dweights = np.einsum("bd,bsd->bs", dcontext, source)               # (B, S)  weighted-sum backward
     dsource = weights[:, :, None] * dcontext[:, None, :]               # (B, S, d) value path
     return dweights, dsource, dh, dW_c
 

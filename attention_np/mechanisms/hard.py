@@ -7,7 +7,7 @@ Leonard, Courville (2013) (straight-through); Jang, Gu, Poole (ICLR 2017),
 *Categorical Reparameterization with Gumbel-Softmax*, and Maddison, Mnih, Teh
 (ICLR 2017), *The Concrete Distribution*.  Chapter 5.
 
-The scores are those of soft attention (``soft.py``, M1), without the gate:
+The scores are those of soft attention (``soft.py``, Chapter 4), without the gate:
 
 .. math::
     e_i = w^\top\tanh(W_a a_i + W_h h + b)\ (B, L),\qquad \alpha = \operatorname{softmax}(e),\qquad
@@ -15,7 +15,7 @@ The scores are those of soft attention (``soft.py``, M1), without the gate:
 
 ``z`` is a sample whose *expectation* is the soft context ``sum_i alpha_i a_i``.
 
-Backward has two parts (M2 d):
+Backward has two parts (Chapter 5):
 
 * pathwise: ``dz`` flows into the chosen feature ``a_s`` only; the one-hot
   selection is constant, so nothing reaches the scoring network this way;
@@ -26,7 +26,7 @@ Backward has two parts (M2 d):
 
   .. math::  de = -A\,(\operatorname{onehot}(s) - \alpha)
 
-  which is backpropagated through the scoring network exactly as in M1.  The
+  which is backpropagated through the scoring network exactly as in soft attention.  The
   estimator is unbiased for any baseline that does not depend on the sample.
   An optional entropy bonus ``lambda_e H(alpha)`` adds ``-lambda_e dH/de`` with
   ``dH/de_j = -alpha_j (log alpha_j + H)``.
@@ -52,8 +52,11 @@ def sample_categorical(weights, rng) -> np.ndarray:
     """One draw per row of ``weights (B, L)`` by inverting the CDF; ``-1`` for an all-zero row.
 
     Locations with weight 0 (masked) are never drawn: the CDF does not rise there.
+    ``rng`` must be a ``np.random.Generator``: randomness only through an explicit rng.
     """
-    rng = default_rng(rng)
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError("rng must be a numpy.random.Generator (randomness only through an explicit rng, "
+                         f"e.g. np.random.default_rng(0)), got {type(rng).__name__}")
     cdf = np.cumsum(weights, axis=-1)                      # (B, L), last entry = row total (1 or 0)
     u = rng.random(weights.shape[:-1]) * cdf[..., -1]      # (B,) uniform on [0, total)
     sample = np.argmax(cdf > u[..., None], axis=-1)        # (B,) first index whose CDF passes u
@@ -199,7 +202,7 @@ class HardAttention(Module):
         # (i) pathwise: only the chosen annotation vector receives dcontext
         dfeatures = np.zeros_like(features)                                 # (B, L, D)
         dfeatures[np.arange(B), np.maximum(sample, 0)] += dcontext * valid[:, None]
-        # (ii) score function into the logits, then back through the scoring MLP as in M1
+        # (ii) score function into the logits, then back through the scoring MLP as in soft attention
         de = reinforce_logit_gradient(weights, sample, advantage.reshape(-1) if advantage.ndim else advantage)
         if entropy:
             de = de - float(entropy) * entropy_logit_gradient(weights)      # loss -= lambda_e H

@@ -18,8 +18,8 @@ Attention pooling (word level, then sentence level), row form, ``H (B, T, d_in)`
     \alpha = \operatorname{softmax}_t(e),\qquad s = \textstyle\sum_t \alpha_t h_t
 
 so ``u = 0`` gives uniform weights over the valid words: mean pooling.
-Backward (M14 d): ``dα = H ds``, ``dH = α dsᵀ`` (value path); ``de`` by the
-masked softmax backward (P3); ``du = Uᵀ de``; ``dPre = (de uᵀ) ⊙ (1 - U²)``;
+Backward (Chapter 17): ``dα = H ds``, ``dH = α dsᵀ`` (value path); ``de`` by the
+masked softmax backward (Chapter 2); ``du = Uᵀ de``; ``dPre = (de uᵀ) ⊙ (1 - U²)``;
 ``dW = Hᵀ dPre``, ``db = Σ dPre``, ``dH += dPre Wᵀ`` (key path).  The GRUs are
 trained by backpropagation through time (``attention_np.nn.recurrent``).
 

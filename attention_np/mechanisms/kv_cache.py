@@ -94,8 +94,9 @@ class KVCache:
                              f"convert them (or start a new cache) instead of silently changing precision")
         s = k.shape[2]
         if self.max_len is None:
-            self._k = k if self._k is None else np.concatenate([self._k, k], axis=2)   # (B, H_kv, T+s, d)
-            self._v = v if self._v is None else np.concatenate([self._v, v], axis=2)
+            # a copy on the first append: the cache must not change when the caller reuses its arrays
+            self._k = k.copy() if self._k is None else np.concatenate([self._k, k], axis=2)   # (B, H_kv, T+s, d)
+            self._v = v.copy() if self._v is None else np.concatenate([self._v, v], axis=2)
         else:
             if self.length + s > self.max_len:
                 raise ValueError(f"cache overflow: {self.length} + {s} tokens exceed max_len={self.max_len}")

@@ -250,5 +250,5 @@ class LinformerAttention(Module):
             self.grads["W_" + name] += x2.T @ dy.reshape(-1, D)
             if self.bias:
                 self.grads["b_" + name] += dy.reshape(-1, D).sum(axis=0)
-            dx += dy @ self.params["W_" + name].T                                    # contributions add (P1)
+            dx += dy @ self.params["W_" + name].T                                    # contributions add (one input, three projections)
         return dx

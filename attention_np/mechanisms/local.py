@@ -19,10 +19,10 @@ local-p (``mode="predictive"``): with ``W_p (d, d_p)``, ``v_p (d_p,)``,
 where ``align`` is the softmax of the scores *restricted to the window* and
 the Gaussian is applied after it **without renormalising** (the weights sum to
 less than 1).  ``S`` is the source length (per example: the number of
-unmasked positions).  Then, as in global attention (M11),
+unmasked positions).  Then, as in global attention (Chapter 6),
 ``c_t = Σ_s a_t(s) h̄_s`` and ``h̃_t = tanh([c_t; h_t] W_c)`` ``(B, d)``.
 
-Backward (M12 d), with ``g_s`` the Gaussian and ``α`` the windowed softmax:
+Backward (Chapter 7), with ``g_s`` the Gaussian and ``α`` the windowed softmax:
 ``dα_s = da_s g_s`` -> softmax backward inside the window;
 ``dp_t = Σ_s da_s a_s (s - p_t) / σ²``; with ``x = v_pᵀ r``, ``r = tanh(W_pᵀ h_t)``:
 ``dx = dp_t S σ(x)(1 - σ(x))``, ``dv_p = dx r``, ``dW_p = h_t (dx v_p ⊙ (1 - r²))ᵀ``,

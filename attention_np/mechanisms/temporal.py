@@ -20,9 +20,9 @@ while ``α`` changes with ``h_{t-1}`` and so can look at different moments
 for different words.  (The authors' code adds an optional scalar gate
 ``σ(w_selᵀ h_{t-1} + b_sel)`` on ``φ_t``; it is left out here.)
 
-Backward (M15 d, the same as additive attention M10 with keys = values =
+Backward (the same as additive attention, Chapter 3, with keys = values =
 frames): ``dα = frames · dφ``, ``dframes = α dφ`` (value path), ``de`` by the
-softmax backward (P3), ``T = tanh(pre)``: ``dw = Σ_i de_i T_i``,
+softmax backward (Chapter 2), ``T = tanh(pre)``: ``dw = Σ_i de_i T_i``,
 ``dpre_i = de_i w ⊙ (1 - T_i²)``, ``dU_a = Σ v_i dpre_iᵀ``, ``db_a = Σ dpre_i``,
 ``dW_a = h (Σ_i dpre_i)ᵀ``, ``dh_prev = W_a Σ_i dpre_i``, ``dframes += dpre U_aᵀ``
 (key path).

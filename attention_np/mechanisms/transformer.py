@@ -266,13 +266,15 @@ class TinyTransformer(Module):
                              f"exceed max_len={self.max_len}, the longest sequence this model has positions for")
         was_training = self.training
         self.eval()
-        caches = self.new_caches()
-        logits = self.forward_cached(prompt, caches)             # prefill: (B, s, vocab)
-        out = [prompt]
-        for step in range(int(n_new)):                           # decoding loop: one token per step
-            nxt = np.argmax(logits[:, -1], axis=-1)[:, None]     # (B, 1)
-            out.append(nxt)
-            if step < n_new - 1:
-                logits = self.forward_cached(nxt, caches)        # (B, 1, vocab)
-        self.train(was_training)
+        try:
+            caches = self.new_caches()
+            logits = self.forward_cached(prompt, caches)         # prefill: (B, s, vocab)
+            out = [prompt]
+            for step in range(int(n_new)):                       # decoding loop: one token per step
+                nxt = np.argmax(logits[:, -1], axis=-1)[:, None] # (B, 1)
+                out.append(nxt)
+                if step < n_new - 1:
+                    logits = self.forward_cached(nxt, caches)    # (B, 1, vocab)
+        finally:
+            self.train(was_training)                             # back to the caller's mode, even after an error
         return np.concatenate(out, axis=1)

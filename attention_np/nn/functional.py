@@ -80,7 +80,9 @@ def logsumexp(x, axis: int = -1, keepdims: bool = False) -> np.ndarray:
     """
     x = as_float_array(x, "x")
     x_max = np.max(x, axis=axis, keepdims=True)
-    out = x_max + np.log(np.sum(np.exp(x - x_max), axis=axis, keepdims=True))
+    x_max = np.where(np.isfinite(x_max), x_max, 0.0)             # an all -inf row: exp(-inf) = 0, no inf - inf
+    with np.errstate(divide="ignore"):                            # log(0) = -inf is the right answer there
+        out = x_max + np.log(np.sum(np.exp(x - x_max), axis=axis, keepdims=True))
     return out if keepdims else np.squeeze(out, axis=axis)
 
 
