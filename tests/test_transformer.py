@@ -167,3 +167,28 @@ def test_learns_sequence_reversal():
     held_out = reverse_task(np.random.default_rng(12345), 500, L, L, vocab)
     accuracy = np.mean(np.argmax(model(held_out.inputs), axis=-1) == held_out.targets)
     assert accuracy >= 0.95, accuracy
+
+
+def test_qkv_dimension_norms_match_the_projections():
+    from attention_np.mechanisms.transformer import qkv_dimension_norms
+    rng = np.random.default_rng(8)
+    model = TinyTransformer(6, 8, 2, 2, 8, max_len=5, causal=True, positional="rope", n_kv_heads=1, rng=rng)
+    _randomise(model, rng)
+    ids = rng.integers(0, 6, size=(3, 5))
+    norms = qkv_dimension_norms(model, ids)
+    assert norms.shape == (2, 3, 2, 4)
+    # layer 1 by hand: its attention input is LN_1 of block 0's output
+    h = model.blocks[0](model.embed(ids) * model.embed_scale, positions=np.arange(5))
+    x = model.blocks[1].ln1(h)
+    attn = model.blocks[1].attn
+    k = x @ attn.params["W_k"] + attn.params["b_k"]              # (B, n, 4): one key head
+    np.testing.assert_allclose(norms[1, 1, 0], np.sqrt(np.sum(k ** 2, axis=(0, 1))), rtol=1e-12)
+    np.testing.assert_allclose(norms[1, 1, 1], norms[1, 1, 0], rtol=0)   # the shared key head, repeated
+    q = (x @ attn.params["W_q"] + attn.params["b_q"])[..., 4:]   # head 1
+    np.testing.assert_allclose(norms[1, 0, 1], np.sqrt(np.sum(q ** 2, axis=(0, 1))), rtol=1e-12)
+    # a rotary pair's summed squares are the same after the rotation (the cached, rotated keys)
+    k_rot = attn.cache[6]                                        # (B, H_kv, n, d_head), rotated
+    pair = np.sum(k_rot ** 2, axis=(0, 2)).reshape(1, 2, 2).sum(-1)
+    np.testing.assert_allclose(pair[0], (norms[1, 1, 0] ** 2).reshape(2, 2).sum(-1), rtol=1e-10)
+    with pytest.raises(ValueError, match="model must be a TinyTransformer"):
+        qkv_dimension_norms(object(), ids)

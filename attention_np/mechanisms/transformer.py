@@ -37,10 +37,10 @@ from ..nn.module import Module, default_rng, xavier_uniform
 from ..nn.norm import LayerNorm
 from ..nn.validate import as_float_array, check_int_array, shape_error
 from .kv_cache import KVCache, cached_attention
-from .multihead import MultiHeadAttention
+from .multihead import MultiHeadAttention, split_heads
 from .positional import sinusoidal_encoding
 
-__all__ = ["FeedForward", "TransformerBlock", "TinyTransformer"]
+__all__ = ["FeedForward", "TransformerBlock", "TinyTransformer", "qkv_dimension_norms"]
 
 _ACTIVATIONS = {"gelu": (gelu, gelu_backward), "relu": (relu, relu_backward)}
 
@@ -278,3 +278,35 @@ class TinyTransformer(Module):
         finally:
             self.train(was_training)                             # back to the caller's mode, even after an error
         return np.concatenate(out, axis=1)
+
+
+def qkv_dimension_norms(model: TinyTransformer, ids, mask=None) -> np.ndarray:
+    """Per-layer, per-head, per-dimension L2 norms of the projected queries, keys and values.
+
+    ``ids (B, n)`` token ids, ``mask`` as in :meth:`TinyTransformer.forward`.
+    Returns ``(n_layers, 3, H, d_head)``: Q, K, V in that order; entry
+    ``[l, c, h, j]`` is ``sqrt(sum over batch and positions of z[b, h, t, j]^2)``
+    for ``z`` the layer's ``W_q``/``W_k``/``W_v`` projection (bias included)
+    *before* the rotary rotation.  A rotation mixes only the two dimensions of
+    one pair, so the summed squares of a pair are the same before and after
+    RoPE.  Keys and values of grouped heads (``n_kv_heads < n_heads``) are
+    repeated to the ``H`` query heads.  Runs one forward pass (the model's
+    caches are overwritten).  The "massive values" probe of Jin et al. (2025),
+    Chapter 20.
+    """
+    if not isinstance(model, TinyTransformer):
+        raise ValueError(f"model must be a TinyTransformer, got {type(model).__name__}")
+    was_training = model.training
+    model.eval()
+    model(ids, mask=mask)                                        # validates ids; fills every attention cache
+    model.train(was_training)
+    out = []
+    for block in model.blocks:
+        attn = block.attn
+        x = attn.cache[0]                                        # (B, n, d_model): the attention layer's input
+        q = split_heads(attn._affine(x, "W_q", "b_q"), attn.n_heads)       # (B, H, n, d_head)
+        k = split_heads(attn._affine(x, "W_k", "b_k"), attn.n_kv_heads)    # (B, H_kv, n, d_head)
+        v = split_heads(attn._affine(x, "W_v", "b_v"), attn.n_kv_heads)
+        k, v = np.repeat(k, attn.n_rep, axis=1), np.repeat(v, attn.n_rep, axis=1)   # (B, H, n, d_head)
+        out.append(np.stack([np.sqrt(np.sum(z * z, axis=(0, 2))) for z in (q, k, v)]))  # (3, H, d_head)
+    return np.stack(out)                                         # (n_layers, 3, H, d_head)
