@@ -77,8 +77,9 @@ STUDENT_EX2 = "import attention_np as anp\ndef other_exercise(x): return anp.sof
 def guarded():
     return run_script(f'''
         ex1, alias, ex2 = {STUDENT_EX1!r}, {STUDENT_EX1_ALIAS!r}, {STUDENT_EX2!r}
+        rebind = "from attention_np import softmax\\ndef uses_global(x): return softmax(x)"
         guard.install({{"ex1": {{"off_limits": ["{SOFTMAX}", "{FORWARD}"],
-                                 "cells": [cell_file_name(ex1), cell_file_name(alias)]}},
+                                 "cells": [cell_file_name(ex1), cell_file_name(alias), cell_file_name(rebind)]}},
                        "ex2": {{"off_limits": ["attention_np.nn.functional.causal_mask"],
                                 "cells": [cell_file_name(ex2)]}}}})
         ns = {{"np": np}}
@@ -102,6 +103,13 @@ def guarded():
         out["reference_is_original"] = original is not F.softmax and original.__module__ == F.__name__
         exec(cell("import attention_np.nn.functional as F2\\nF2.softmax = lambda x: x * 0"), ns)   # a rebinding
         out["reference_after_rebinding"] = reference("{SOFTMAX}") is original
+        # a check that binds the reference to the very name an answer uses must not unguard it
+        exec(cell(rebind), ns)
+        out["check_rebinds_name"] = attempt(cell(
+            "from attention_np.grading import reference\\n"
+            "softmax = reference('{SOFTMAX}')\\n"
+            "expected = softmax(x)\\n"
+            "r = uses_global(x)"), ns)
         out["enter_ex1"] = attempt(cell("guard.enter_check('ex1')"), {{"guard": guard}})
         out["enter_ex2"] = attempt(cell("guard.enter_check('ex2')"), {{"guard": guard}})
         print(json.dumps(out))
@@ -133,6 +141,11 @@ def test_reference_is_the_original_and_refuses_student_code(guarded):
     assert guarded["reference_after_rebinding"] is True
     assert guarded["via_reference"] == ("OffLimitsError: ex1 calls attention_np.grading.reference, "
                                         "which only the hidden check cells may use")
+
+
+def test_a_check_binding_the_reference_to_an_answers_name_does_not_unguard_it(guarded):
+    """``softmax = reference(...)`` in a check rebinds the notebook global the answer calls."""
+    assert guarded["check_rebinds_name"] == REASON
 
 
 def test_a_caught_violation_still_fails_the_check(guarded):

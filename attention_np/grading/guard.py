@@ -331,7 +331,15 @@ def reference(dotted: str):
         raise state.violation(gids[0], f"{gids[0]} calls attention_np.grading.reference, "
                                        "which only the hidden check cells may use")
     if dotted in state.originals:
-        return state.originals[dotted]
+        original = state.originals[dotted]
+        if inspect.isclass(original) or not callable(original):
+            return original                        # a class's methods are already guarded in place
+        # A check may bind the reference to a name an answer also uses (``softmax = reference(...)``
+        # rebinds the notebook global ``softmax``): hand out a proxy that still refuses the student.
+        proxies = state.__dict__.setdefault("reference_proxies", {})
+        if dotted not in proxies:
+            proxies[dotted] = _function_proxy(state, dotted, original, short_name(dotted))
+        return proxies[dotted]
     module_name, _, attr = str(dotted).rpartition(".")
     snapshot = state.modules.get(module_name)
     if snapshot is not None and attr in snapshot:
