@@ -102,6 +102,7 @@ class Sandbox:
             args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-all", "--cap-drop", "ALL",
                     "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
                     "--tmpfs", "/dev/shm"]
+            args += _rebind_under_tmp()                   # a venv or checkout under /tmp must stay visible
             for folder in _visible_safe(hidden, workdir):
                 args += ["--tmpfs", str(folder)]
             args += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir), "--"]
@@ -167,6 +168,23 @@ def _visible_safe(folders, workdir: Path):
 _PROBES: dict = {}
 
 
+def _rebind_under_tmp() -> list:
+    """``--ro-bind`` arguments for what the sandboxed Python needs that lives under /tmp.
+
+    The sandbox mounts an empty /tmp; a virtual environment or an editable checkout
+    created there (CI does both) would vanish and Python could not start.  Hidden
+    folders (solutions, submissions) are mounted over again afterwards.
+    """
+    tmp = Path("/tmp").resolve()
+    needed = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
+              Path(sys.executable).resolve().parent, Path(__file__).resolve().parents[2]}
+    args = []
+    for path in sorted(needed):
+        if path != tmp and tmp in path.parents and path.exists():
+            args += ["--ro-bind", str(path), str(path)]
+    return args
+
+
 def _probe(method: str) -> bool:
     """Whether ``method`` can start a process here (cached; a container may forbid namespaces)."""
     if method in _PROBES:
@@ -174,7 +192,7 @@ def _probe(method: str) -> bool:
     ok = False
     if method == "bubblewrap" and shutil.which("bwrap"):
         cmd = ["bwrap", "--die-with-parent", "--unshare-all", "--cap-drop", "ALL", "--ro-bind", "/", "/",
-               "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--", sys.executable, "-c",
+               "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", *_rebind_under_tmp(), "--", sys.executable, "-c",
                "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); "
                "c = socket.create_connection(s.getsockname(), timeout=5)"]
         ok = _runs(cmd)
