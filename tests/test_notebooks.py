@@ -30,6 +30,17 @@ def _id(path):
     return path.relative_to(ROOT).as_posix()
 
 
+JUPYTERLAB_KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+
+def test_kernelspec_matches_the_installed_kernel():
+    """The stored display name is the one the installed ipykernel spec declares (what JupyterLab writes)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    assert spec.display_name == JUPYTERLAB_KERNELSPEC["display_name"], spec.display_name
+
+
 def _load(path):
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -43,7 +54,12 @@ def test_format_kernel_and_ids(path):
     nb = _load(path)
     assert SLUG.match(path.name), f"{path.name} must be named NN_slug.ipynb"
     assert (nb["nbformat"], nb["nbformat_minor"]) == (4, 5)
-    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    # JupyterLab 4 rewrites a notebook whose kernelspec differs from the running kernel's, marking it
+    # modified the moment a reader opens it: store exactly what ipykernel's spec declares.
+    assert nb["metadata"]["kernelspec"] == JUPYTERLAB_KERNELSPEC, (
+        f"kernelspec {nb['metadata'].get('kernelspec')}: store {JUPYTERLAB_KERNELSPEC} (what JupyterLab writes)")
+    info = nb["metadata"].get("language_info", {})
+    assert info.get("name") == "python" and "codemirror_mode" in info, "language_info missing: execute the notebook"
     ids = [c.get("id") for c in nb["cells"]]
     assert all(ids) and len(set(ids)) == len(ids), "every cell needs a unique id"
     stamped = [i for i, c in enumerate(nb["cells"]) if "execution" in c.get("metadata", {})]
