@@ -103,6 +103,7 @@ def guarded():
         out["reference_is_original"] = original is not F.softmax and original.__module__ == F.__name__
         exec(cell("import attention_np.nn.functional as F2\\nF2.softmax = lambda x: x * 0"), ns)   # a rebinding
         out["reference_after_rebinding"] = reference("{SOFTMAX}") is original
+        F.softmax = guard._STATE.protected[F.__name__][1]["softmax"]   # undo it (the snapshot holds the proxy)
         # a check that binds the reference to the very name an answer uses must not unguard it
         exec(cell(rebind), ns)
         out["check_rebinds_name"] = attempt(cell(
@@ -159,6 +160,12 @@ def test_a_caught_violation_still_fails_the_check(guarded):
     ("import builtins\nbuiltins.abs = lambda x: 0", "builtins.abs"),
     ("import sys, types\nsys.modules['attention_np.grading'] = types.ModuleType('fake')",
      "sys.modules['attention_np.grading']"),
+    # check_function (a reference) reads gradcheck.numerical_gradient: a fake one would pass any backward
+    ("import attention_np.train.gradcheck as gc\ngc.numerical_gradient = lambda f, x, eps=1e-6: x * 0",
+     "attention_np.train.gradcheck.numerical_gradient"),
+    # a reference class's method, rebound on the class that the check's reference() also returns
+    ("from attention_np.mechanisms import MultiHeadAttention\nMultiHeadAttention.backward = lambda self, d: None",
+     "attention_np.mechanisms.multihead.MultiHeadAttention.backward"),
 ])
 def test_tampering_with_what_checks_rely_on_fails_the_check(tamper, what):
     out = run_script(f'''

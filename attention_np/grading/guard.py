@@ -121,7 +121,7 @@ class _State:
                 self.originals[dotted] = resolve(dotted, callable_only=True)
         self.modules = {name: dict(vars(mod)) for name, mod in list(sys.modules.items())
                         if mod is not None and (name == "attention_np" or name.startswith("attention_np."))}
-        self.protected = self._protected_snapshot()
+        self.protected = {}   # taken by install() once the proxies are in place
 
     # -- frames
     def classify(self, code):
@@ -181,6 +181,21 @@ class _State:
                 "input", "raw_input", "breakpoint"}   # ipykernel and IPython rebind these per request
         snap["builtins"] = (builtins, {k: v for k, v in vars(builtins).items()
                                        if not k.startswith("_") and k not in skip} | {"__import__": builtins.__import__})
+        # The library itself: a reference (or check_function, which reads gradcheck.numerical_gradient) calls
+        # other library functions and methods through module globals and class attributes, so a solution cell
+        # that rebinds one of them could make the reference agree with a wrong answer.
+        for name, mod in sorted(sys.modules.items()):
+            if mod is None or not (name == "attention_np" or name.startswith("attention_np.")) or name == __name__:
+                continue
+            snap.setdefault(name, (mod, {k: v for k, v in vars(mod).items()
+                                         if callable(v) and not k.startswith("__")}))
+            for key, cls in vars(mod).items():
+                if (inspect.isclass(cls) and str(getattr(cls, "__module__", "")).startswith("attention_np")
+                        and getattr(cls, "__module__", "") == name):
+                    snap[f"{name}.{key}"] = (cls, {k: v for k, v in vars(cls).items()
+                                                   if not k.startswith("__") and (
+                                                       inspect.isfunction(v) or isinstance(v, (staticmethod,
+                                                                                               classmethod, property)))})
         self.sys_modules = {name: sys.modules.get(name) for name in
                             ("numpy", "attention_np", "attention_np.grading", "attention_np.grading.checks",
                              "attention_np.grading.guard", "builtins")}
@@ -192,7 +207,7 @@ class _State:
             if sys.modules.get(name) is not mod:
                 return f"sys.modules[{name!r}]"
         for label, (mod, values) in self.protected.items():
-            current = vars(mod)
+            current = vars(mod)   # a class's mappingproxy or a module's dict
             for key, value in values.items():
                 if current.get(key) is not value:
                     return f"{label}.{key}"
@@ -301,6 +316,11 @@ def install(config) -> None:
     if _STATE is not None:
         return
     import attention_np  # noqa: F401 - loads the package and its re-exports
+    import pkgutil
+    for package in ("attention_np.nn", "attention_np.mechanisms", "attention_np.train"):
+        # every module a reference may call into is loaded now, so the snapshot below covers it
+        for info in pkgutil.iter_modules(importlib.import_module(package).__path__, package + "."):
+            importlib.import_module(info.name)
     state = _State(config)
     for dotted, original in state.originals.items():
         owner, attr, _ = _locate(dotted)
@@ -317,6 +337,7 @@ def install(config) -> None:
                 setattr(owner, attr, _function_proxy(state, dotted, raw, f"{owner.__name__}.{attr}"))
         else:
             _replace_everywhere(original, _function_proxy(state, dotted, original, label))
+    state.protected = state._protected_snapshot()
     state.watch = _watch_notebook(state)
     _STATE = state
 
