@@ -101,11 +101,11 @@ def test_generate_refuses_what_it_cannot_do():
     model = TinyTransformer(vocab_size=5, d_model=8, n_heads=2, n_layers=1, d_ff=8, max_len=6, causal=True,
                             rng=np.random.default_rng(0))
     prompt = np.array([[1, 2]])
-    with pytest.raises(ValueError, match=r"2 \+ n_new 5 = 7 tokens exceed max_len=6"):
-        model.generate(prompt, 5)
+    with pytest.raises(ValueError, match=r"2 \+ n_new 6 feeds 7 tokens .* more than max_len=6"):
+        model.generate(prompt, 6)
     with pytest.raises(ValueError, match="n_new must be a non-negative integer, got -2"):
         model.generate(prompt, -2)
-    assert model.generate(prompt, 4).shape == (1, 6)
+    assert model.generate(prompt, 5).shape == (1, 7)            # the 7th token is never fed back
 
 
 def test_cross_entropy_mask_must_be_boolean():

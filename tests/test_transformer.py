@@ -139,6 +139,26 @@ def test_cached_generation_matches_full_forward(positional):
     np.testing.assert_array_equal(out, ref)
 
 
+def test_generate_uses_only_the_positions_it_feeds():
+    """The last generated token is returned, never fed back: prompt + n_new - 1 <= max_len is enough."""
+    rng = np.random.default_rng(11)
+    model = TinyTransformer(7, 8, 2, 2, 16, max_len=5, causal=True, positional="rope", rng=rng)
+    _randomise(model, rng)
+    prompt = rng.integers(0, 7, size=(3, 2))
+    out = model.generate(prompt, 4)                              # feeds 2 + 3 = 5 tokens, returns 6
+    assert out.shape == (3, 6)
+    ref = prompt
+    for _ in range(4):                                           # the full forward never sees more than 5 tokens
+        ref = np.concatenate([ref, np.argmax(model(ref)[:, -1], -1)[:, None]], axis=1)
+    np.testing.assert_array_equal(out, ref)
+    assert model.generate(rng.integers(0, 7, size=(1, 5)), 1).shape == (1, 6)   # a full-length prompt, one answer
+    assert model.generate(rng.integers(0, 7, size=(1, 5)), 0).shape == (1, 5)
+    with pytest.raises(ValueError, match=r"prompt length 2 \+ n_new 5 feeds 6 tokens .* more than max_len=5"):
+        model.generate(prompt, 5)
+    with pytest.raises(ValueError, match=r"prompt length 6 \+ n_new 0 feeds 6 tokens"):
+        model.generate(rng.integers(0, 7, size=(1, 6)), 0)
+
+
 def test_model_bad_input():
     model = TinyTransformer(5, 8, 2, 1, 8, max_len=4, rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="ids must hold ids in"):

@@ -254,16 +254,22 @@ class TinyTransformer(Module):
         return self._readout(x)
 
     def generate(self, prompt, n_new: int) -> np.ndarray:
-        """Greedy decoding: ``prompt (B, s)`` -> ``(B, s + n_new)`` ids, prefill then one token at a time."""
+        """Greedy decoding: ``prompt (B, s)`` -> ``(B, s + n_new)`` ids, prefill then one token at a time.
+
+        Positions used: the prompt and every new token but the last (which is
+        returned, never fed back), so ``s + n_new - 1 <= max_len``.
+        """
         prompt = check_int_array(prompt, "prompt", high=self.vocab_size, expected="(B, s)")
         if prompt.ndim != 2 or prompt.shape[1] < 1:
             raise shape_error("prompt", "(B, s) with s >= 1", prompt)
         if isinstance(n_new, bool) or int(n_new) != n_new or n_new < 0:
             raise ValueError(f"n_new must be a non-negative integer, got {n_new!r}")
         n_new = int(n_new)
-        if prompt.shape[1] + n_new > self.max_len:
-            raise ValueError(f"prompt length {prompt.shape[1]} + n_new {n_new} = {prompt.shape[1] + n_new} tokens "
-                             f"exceed max_len={self.max_len}, the longest sequence this model has positions for")
+        fed = prompt.shape[1] + max(n_new - 1, 0)               # the last new token is never fed back
+        if fed > self.max_len:
+            raise ValueError(f"prompt length {prompt.shape[1]} + n_new {n_new} feeds {fed} tokens through the model "
+                             f"(all but the last new one), more than max_len={self.max_len}, the longest sequence "
+                             f"this model has positions for")
         was_training = self.training
         self.eval()
         try:
