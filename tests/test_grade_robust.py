@@ -62,9 +62,12 @@ def test_correct_notebooks_get_full_marks_every_time_under_load(tmp_path, cpu_lo
     reports = json.loads(out.read_text())["submissions"]
     assert [(r["total"], r["max_points"], r["status"]) for r in reports] == [(FULL, FULL, "graded")] * 8
 
-    out = tmp_path / "chapters.json"                     # every chapter's solution, as submissions
+    # every chapter's solution, as submissions, under a non-default seed: full marks also prove that no
+    # check of the book prints seed-dependent output (what `release --check --execute` looks for)
+    out = tmp_path / "chapters.json"
     solutions = sorted((ROOT / "solutions").glob("*.ipynb"))
-    proc = grade([*solutions, "--solutions", ROOT / "solutions", "--jobs", 2, "--json", out], tmp_path)
+    proc = grade([*solutions, "--solutions", ROOT / "solutions", "--jobs", 2, "--seed", 777, "--json", out],
+                 tmp_path)
     assert proc.returncode == 0, proc.stderr
     reports = json.loads(out.read_text())["submissions"]
     assert len(reports) == len(solutions)
