@@ -69,7 +69,9 @@ def test_matches_sdpa_on_projections():
 
 def test_bad_context_shape():
     layer = CrossAttention(4, 6, 3, rng=np.random.default_rng(0))
-    with pytest.raises(ValueError, match=r"context must have shape \(2, m, d_context=6\), got \(2, 5, 4\)"):
+    with pytest.raises(ValueError, match=r"context must have shape \(2 or 1, m, d_context=6\), got \(2, 5, 4\)"):
         layer(np.zeros((2, 3, 4)), np.zeros((2, 5, 4)))
+    with pytest.raises(ValueError, match=r"context must have shape \(2 or 1, m, d_context=6\), got \(3, 5, 6\)"):
+        layer(np.zeros((2, 3, 4)), np.zeros((3, 5, 6)))   # a batch of 3 contexts for 2 examples
     with pytest.raises(ValueError, match=r"x must have shape"):
         layer(np.zeros((2, 3, 5)), np.zeros((2, 5, 6)))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..nn.module import Module, default_rng, xavier_uniform
+from ..nn.module import Module, accepts_unbatched, default_rng, xavier_uniform
 from ..nn.validate import as_float_array, shape_error
 from .scaled_dot_product import scaled_dot_product_attention, scaled_dot_product_attention_backward
 
@@ -38,9 +38,11 @@ def _check(x, context, W_q, W_k, W_v):
     x, context = as_float_array(x, "x"), as_float_array(context, "context")
     if x.ndim < 2 or x.shape[-1] != W_q.shape[0]:
         raise shape_error("x", f"(B, n, d_model={W_q.shape[0]})", x)
-    if context.ndim != x.ndim or context.shape[:-2] != x.shape[:-2] or context.shape[-1] != W_k.shape[0]:
-        lead = ", ".join(str(s) for s in x.shape[:-2])
-        raise shape_error("context", f"({lead}, m, d_context={W_k.shape[0]})", context)
+    lead = x.shape[:-2]
+    broadcasts = context.ndim == x.ndim and all(c in (1, b) for c, b in zip(context.shape[:-2], lead))
+    if not broadcasts or context.shape[-1] != W_k.shape[0]:
+        lead = ", ".join(f"{s} or 1" for s in lead)
+        raise shape_error("context", f"({lead}{', ' if lead else ''}m, d_context={W_k.shape[0]})", context)
     return x, context, W_q, W_k, W_v
 
 
@@ -48,7 +50,8 @@ def cross_attention(x, context, W_q, W_k, W_v, mask=None):
     """Return ``(out (..., n, d_v), weights (..., n, m))``.
 
     ``x (..., n, d_model)`` (decoder side, queries), ``context (..., m, d_context)``
-    (encoder side, keys and values) with the same leading axes;
+    (encoder side, keys and values) with the same leading axes, or size 1 where
+    one context is shared (``(1, m, d_context)`` against ``x (B, n, d_model)``);
     ``W_q (d_model, d_k)``, ``W_k (d_context, d_k)``, ``W_v (d_context, d_v)``.
     ``mask``: boolean, True = may attend, broadcastable to ``(..., n, m)``,
     typically the source padding mask ``padding_mask(lengths, m)`` ``(B, 1, m)``.
@@ -65,7 +68,8 @@ def cross_attention_backward(dout, x, context, W_q, W_k, W_v, weights):
     ``dout (..., n, d_v)``; ``x (..., n, d_model)``, ``context (..., m, d_context)``
     and the weights as in the forward; ``weights (..., n, m)`` is the forward's
     second output (the projections are recomputed).  ``dcontext (..., m, d_context)``
-    is the sum of the key and value paths.
+    is the sum of the key and value paths, summed back over the axes where a
+    shared context was broadcast.
     """
     x, context, W_q, W_k, W_v = _check(x, context, W_q, W_k, W_v)
     q, k, v = x @ W_q, context @ W_k, context @ W_v          # recomputed projections
@@ -76,6 +80,7 @@ def cross_attention_backward(dout, x, context, W_q, W_k, W_v, weights):
     dW_k = c2.T @ dk.reshape(-1, dk.shape[-1])                # (d_context, d_k)
     dW_v = c2.T @ dv.reshape(-1, dv.shape[-1])                # (d_context, d_v)
     dx = dq @ W_q.T                                           # (..., n, d_model)
+    # dk, dv come back summed over a shared context's batch (SDPA un-broadcasts), so dcontext has its shape
     dcontext = dk @ W_k.T + dv @ W_v.T                        # (..., m, d_context): both paths add
     return dx, dcontext, dW_q, dW_k, dW_v
 
@@ -84,7 +89,9 @@ class CrossAttention(Module):
     """Single-head cross-attention, params ``W_q (d_model, d_k)``, ``W_k (d_context, d_k)``, ``W_v (d_context, d_v)``.
 
     ``forward(x (B, n, d_model), context (B, m, d_context), mask=None) -> (B, n, d_v)``;
-    ``.weights (B, n, m)``; ``backward(dout) -> (dx, dcontext)``.
+    ``.weights (B, n, m)``; ``backward(dout) -> (dx, dcontext)``.  Unbatched
+    ``x (n, d_model)``, ``context (m, d_context)`` give ``(n, d_v)``; a
+    ``context (1, m, d_context)`` is shared by every example of the batch.
     """
 
     def __init__(self, d_model: int, d_context: int, d_k: int, d_v: int | None = None, rng=None) -> None:
@@ -97,6 +104,7 @@ class CrossAttention(Module):
         self.add_param("W_v", xavier_uniform(rng, self.d_context, self.d_v))
         self.weights = None
 
+    @accepts_unbatched("x", "context")
     def forward(self, x, context, mask=None) -> np.ndarray:
         """``x (B, n, d_model)`` attends over ``context (B, m, d_context)`` -> ``(B, n, d_v)``.
 

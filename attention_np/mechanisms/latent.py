@@ -45,7 +45,7 @@ import math
 import numpy as np
 
 from ..nn.functional import causal_mask, softmax
-from ..nn.module import Module, default_rng, xavier_uniform
+from ..nn.module import Module, accepts_unbatched, default_rng, xavier_uniform
 from ..nn.validate import as_float_array, check_head_mask, shape_error
 from .positional import rope, rope_backward
 from .scaled_dot_product import scaled_dot_product_attention, scaled_dot_product_attention_backward
@@ -57,7 +57,8 @@ class MultiHeadLatentAttention(Module):
     """DeepSeek-V2 multi-head latent attention (self-attention; pass ``causal=True`` for a decoder).
 
     ``forward(x (B, n, d_model), mask=None, causal=False)`` -> ``(B, n, d_model)``,
-    the naive (training) form; ``backward(dout)`` -> ``dx``.
+    the naive (training) form (``x (n, d_model)`` gives ``(n, d_model)``);
+    ``backward(dout)`` -> ``dx``.
     ``forward_absorbed`` computes the same output by scoring against the
     latents.  ``forward_incremental(x_new, cache)`` decodes with a cache that
     holds only ``c_KV`` and ``k_R``.  ``.weights`` holds ``(B, H, n, m)``.
@@ -138,10 +139,11 @@ class MultiHeadLatentAttention(Module):
         return c_kv, c_q, q_c, q_r, k_r
 
     # ------------------------------------------------------------- naive form (training)
+    @accepts_unbatched("x")
     def forward(self, x, mask=None, causal: bool = False) -> np.ndarray:
         """Naive MLA: materialise per-head keys and values, then SDPA.
 
-        ``x (B, n, d_model)`` -> ``(B, n, d_model)``.  ``mask``: boolean,
+        ``x (B, n, d_model)`` -> ``(B, n, d_model)`` (``(n, d_model)`` -> ``(n, d_model)``).  ``mask``: boolean,
         True = may attend, ``(n, n)``, ``(B, n, n)`` (e.g.
         ``padding_mask(lengths, n)``, ``(B, 1, n)``; the head axis is inserted)
         or per head ``(B, H, n, n)``; ``causal=True`` ANDs it with

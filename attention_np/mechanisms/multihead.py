@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..nn.functional import causal_mask
-from ..nn.module import Module, default_rng, xavier_uniform
+from ..nn.module import Module, accepts_unbatched, default_rng, xavier_uniform
 from ..nn.validate import as_float_array, check_head_mask, check_int_array, positive_int, shape_error
 from .positional import rope as apply_rope, rope_backward
 from .scaled_dot_product import scaled_dot_product_attention, scaled_dot_product_attention_backward
@@ -108,10 +108,12 @@ class MultiHeadAttention(Module):
     """MHA / GQA / MQA in one class (see the module docstring for the equations).
 
     ``forward(x (B, n, d_model), context=None, mask=None, causal=False,
-    positions=None, kv_positions=None) -> (B, n, d_model)``.
+    positions=None, kv_positions=None) -> (B, n, d_model)``; an unbatched
+    ``x (n, d_model)`` gives ``(n, d_model)``.
 
     * ``context (B, m, d_model)``: keys and values come from it (cross-attention);
-      otherwise from ``x`` (``m = n``).
+      otherwise from ``x`` (``m = n``).  A ``context (1, m, d_model)`` is shared
+      by the whole batch.
     * ``mask``: boolean, True = may attend, broadcastable to ``(B, n, m)`` (a head
       axis is inserted) or a 4-D mask broadcastable to ``(B, H, n, m)``.
     * ``causal=True`` also applies ``causal_mask(n, m)`` (cached-prefix offset).
@@ -206,8 +208,13 @@ class MultiHeadAttention(Module):
         return mask
 
     # -- forward / backward ---------------------------------------------
+    @accepts_unbatched("x", "context")
     def forward(self, x, context=None, mask=None, causal: bool = False, positions=None, kv_positions=None):
         """``x (B, n, d_model)`` -> ``(B, n, d_model)``; keys and values from ``context (B, m, d_model)`` or ``x``.
+
+        ``x (n, d_model)`` (with ``context (m, d_model)``) works too and gives
+        ``(n, d_model)`` and ``.weights (H, n, m)``.  A ``context (1, m, d_model)``
+        is shared by every example of the batch (its gradient is summed back).
 
         ``mask``: boolean, True = may attend, ``(n, m)``, ``(B, n, m)`` (e.g.
         ``padding_mask(lengths, m)``, ``(B, 1, m)``; the head axis is inserted)
@@ -220,8 +227,8 @@ class MultiHeadAttention(Module):
         """
         x = self._check_input(x, "x")
         source = x if context is None else self._check_input(context, "context")
-        if source.shape[0] != x.shape[0]:
-            raise shape_error("context", f"(B={x.shape[0]}, m, d_model={self.d_model})", source)
+        if source.shape[0] not in (1, x.shape[0]):                # a batch-1 context is shared by every example
+            raise shape_error("context", f"(B={x.shape[0]} or 1, m, d_model={self.d_model})", source)
         batch, n, m = x.shape[0], x.shape[1], source.shape[1]
         positions = self._positions(positions, n, "positions")
         kv_positions = self._positions(kv_positions, m, "kv_positions")
@@ -235,6 +242,9 @@ class MultiHeadAttention(Module):
 
     def backward(self, dout):
         """``dout (B, n, d_model)`` -> ``dx (B, n, d_model)``, or ``(dx, dcontext (B, m, d_model))`` after a cross-attention forward.
+
+        Each gradient has the shape of its input (``(n, d_model)`` after an
+        unbatched forward, ``(1, m, d_model)`` for a shared context).
 
         For self-attention ``dx`` sums the Q, K and V paths; key/value
         gradients of grouped heads are summed over each group.  Adds the

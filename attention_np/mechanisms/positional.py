@@ -49,7 +49,7 @@ import math
 import numpy as np
 
 from ..nn.functional import softmax, softmax_backward
-from ..nn.module import Module, default_rng, xavier_uniform
+from ..nn.module import Module, accepts_unbatched, default_rng, xavier_uniform
 from ..nn.validate import as_float_array, check_int_array, check_mask, shape_error, positive_float, positive_int
 
 __all__ = [
@@ -298,7 +298,8 @@ class RelativeSelfAttention(Module):
     """Single-head self-attention with Shaw et al. relative key and value tables.
 
     Parameters ``W_q, W_k, W_v (d_model, d_k)``, ``w_K, w_V (2*max_distance+1, d_k)``.
-    ``forward(x (B, n, d_model), mask=None) -> (B, n, d_k)``; ``.weights (B, n, n)``;
+    ``forward(x (B, n, d_model), mask=None) -> (B, n, d_k)`` (``x (n, d_model)`` -> ``(n, d_k)``);
+    ``.weights (B, n, n)``;
     ``backward(dout) -> dx``.
     """
 
@@ -316,8 +317,9 @@ class RelativeSelfAttention(Module):
         self.add_param("w_V", rng.normal(0.0, 1.0 / math.sqrt(self.d_k), size=(n_rel, self.d_k)))
         self.weights = None
 
+    @accepts_unbatched("x")
     def forward(self, x, mask=None) -> np.ndarray:
-        """``x (B, n, d_model)`` -> ``(B, n, d_k)``, with relative key/value terms added.
+        """``x (B, n, d_model)`` (or ``(n, d_model)``) -> ``(B, n, d_k)``, with relative key/value terms added.
 
         ``mask``: boolean, True = may attend, ``(n, n)``, ``(n,)`` or
         ``(B, n, n)`` (e.g. ``causal_mask(n)`` or ``padding_mask(lengths, n)``).

@@ -33,7 +33,7 @@ from ..nn.dropout import Dropout
 from ..nn.embedding import Embedding
 from ..nn.functional import gelu, gelu_backward, relu, relu_backward
 from ..nn.linear import Linear
-from ..nn.module import Module, default_rng, xavier_uniform
+from ..nn.module import Module, accepts_unbatched, default_rng, xavier_uniform
 from ..nn.norm import LayerNorm
 from ..nn.validate import as_float_array, check_int_array, shape_error
 from .kv_cache import KVCache, cached_attention
@@ -94,7 +94,8 @@ class FeedForward(Module):
 class TransformerBlock(Module):
     """Self-attention + feed-forward sub-layers with residuals and LayerNorm.
 
-    ``forward(x (B, n, d_model), mask=None, positions=None) -> (B, n, d_model)``;
+    ``forward(x (B, n, d_model), mask=None, positions=None) -> (B, n, d_model)``
+    (``x (n, d_model)`` -> ``(n, d_model)``);
     ``mask`` is a key/padding mask broadcastable to ``(B, n, n)`` (True = may
     attend), combined with the causal mask when ``causal=True``; ``positions``
     are RoPE positions (``rope=True``).  ``backward(dout) -> dx``.
@@ -116,8 +117,9 @@ class TransformerBlock(Module):
             return self.attn(x, mask=mask, causal=self.causal, positions=positions, kv_positions=positions)
         return cached_attention(self.attn, x, cache, mask=mask)  # inference: causal over the cache
 
+    @accepts_unbatched("x")
     def forward(self, x, mask=None, positions=None, cache: KVCache | None = None) -> np.ndarray:
-        """``x (B, n, d_model)`` -> ``(B, n, d_model)``: attention and feed-forward sub-layers with residuals.
+        """``x (B, n, d_model)`` (or ``(n, d_model)``) -> ``(B, n, d_model)``: attention and feed-forward sub-layers with residuals.
 
         ``mask``: boolean, True = may attend, ``(n, n)``, ``(B, n, n)`` (e.g.
         ``padding_mask(lengths, n)``, ``(B, 1, n)``) or per head ``(B, H, n, n)``;

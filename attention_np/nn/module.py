@@ -141,6 +141,69 @@ def _keeps_input_dtype(method, is_forward):
     return wrapper
 
 
+def accepts_unbatched(*names):
+    """Mark a sequence module's ``forward``: the array arguments ``names`` may come without their batch axis.
+
+    ``x (n, d)`` is then run as ``x[None] (1, n, d)`` and the batch axis is
+    removed again from the output ``(n, d_out)``, from ``.weights`` (e.g.
+    ``(H, n, m)``) and, in ``backward``, from every returned gradient, so a
+    caller gets back the rank it passed (the contract in ``attention_np``'s
+    docstring).  The first name decides: when it is 2-D, every other named
+    argument that is given (a ``context``) must be 2-D too.  One helper for every
+    attention module, applied by :class:`Module` (``__init_subclass__``).
+    """
+    def mark(forward):
+        forward._unbatched_args = tuple(names)
+        return forward
+    return mark
+
+
+def _unbatched_forward(method, names):
+    import functools
+    import inspect
+
+    from .validate import shape_error
+
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        first = bound.arguments.get(names[0])
+        if first is None or np.ndim(first) != 2:
+            return method(*bound.args, **bound.kwargs)
+        for name in names:                                   # (n, d) -> (1, n, d), every named sequence
+            value = bound.arguments.get(name)
+            if value is None:
+                continue
+            if np.ndim(value) != 2:
+                raise shape_error(name, f"(m, d) without a batch axis, like {names[0]} {np.shape(first)}", value)
+            bound.arguments[name] = np.asarray(value)[None]
+        result = method(*bound.args, **bound.kwargs)[0]      # (1, n, d_out) -> (n, d_out)
+        weights = getattr(self, "weights", None)
+        if isinstance(weights, np.ndarray):
+            self.weights = weights[0]                        # e.g. (1, H, n, m) -> (H, n, m)
+        return result
+
+    return wrapper
+
+
+def _unbatched_backward(method):
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, dout, *args, **kwargs):
+        # a batched forward of these modules returns (B, n, d_out): a 2-D dout belongs to an unbatched one
+        if np.ndim(dout) != 2:
+            return method(self, dout, *args, **kwargs)
+        result = method(self, np.asarray(dout)[None], *args, **kwargs)
+        if isinstance(result, tuple):
+            return tuple(r[0] if isinstance(r, np.ndarray) else r for r in result)
+        return result[0] if isinstance(result, np.ndarray) else result
+
+    return wrapper
+
+
 class Module:
     """Base class for every layer with parameters (and for containers of layers).
 
@@ -156,15 +219,22 @@ class Module:
     (:func:`check_sizes`); ``backward`` before ``forward`` and an upstream gradient
     whose shape differs from the forward's output are named errors.  Every
     subclass gets these from ``__init_subclass__``.
+
+    **Ranks.** A sequence module whose ``forward`` is marked with
+    :func:`accepts_unbatched` takes ``x (n, d)`` as well as ``x (B, n, d)`` and
+    returns outputs, ``.weights`` and input gradients of the rank it was given.
     """
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__ and not getattr(cls.__init__, "_checks_sizes", False):
             cls.__init__ = _checks_sizes(cls.__init__)
+        unbatched = getattr(cls.__dict__.get("forward"), "_unbatched_args", None)
         for name, is_forward in (("forward", True), ("backward", False)):
             method = cls.__dict__.get(name)
             if method is not None and not getattr(method, "_keeps_input_dtype", False):
+                if unbatched:                                # see accepts_unbatched
+                    method = _unbatched_forward(method, unbatched) if is_forward else _unbatched_backward(method)
                 setattr(cls, name, _keeps_input_dtype(method, is_forward))
 
     def __init__(self) -> None:
