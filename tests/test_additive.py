@@ -38,7 +38,7 @@ def test_check_module_every_input_and_parameter(masked):
     q, k, v = _inputs(rng, B=3, n=3, m=5)
     mask = padding_mask(np.array([5, 2, 3]), 5) if masked else None
     errors = check_module(layer, q, k, v, details=True, mask=mask)
-    assert set(errors) == {"input0", "input1", "input2", "W_q", "W_k", "v"}
+    assert set(errors) == {"input0", "input1", "input2", "W_q", "W_k", "w"}
     assert max(errors.values()) < TOLERANCE, errors
 
 
@@ -159,14 +159,14 @@ def test_concatenation_equivalence_and_parameter_count():
     W_a, U_a = layer.params["W_q"].T, layer.params["W_k"].T   # (d_a, d_q), (d_a, d_k)
     W = np.concatenate([W_a, U_a], axis=1)                   # (d_a, d_q + d_k)
     np.testing.assert_allclose(W_a @ s + U_a @ h, W @ np.concatenate([s, h]), rtol=1e-12)
-    mlp_score = layer.params["v"] @ np.tanh(W @ np.concatenate([s, h]))
+    mlp_score = layer.params["w"] @ np.tanh(W @ np.concatenate([s, h]))
     np.testing.assert_allclose(additive_scores(s[None, None], h[None, None], layer.params["W_q"],
-                                               layer.params["W_k"], layer.params["v"])[0, 0, 0],
+                                               layer.params["W_k"], layer.params["w"])[0, 0, 0],
                                mlp_score, rtol=1e-12)
     assert layer.num_parameters() == d_a * (d_q + d_k + 1) == 36
     assert layer.params["W_q"].shape == (d_q, d_a)
     assert layer.params["W_k"].shape == (d_k, d_a)
-    assert layer.params["v"].shape == (d_a,)
+    assert layer.params["w"].shape == (d_a,)
 
 
 def test_scores_are_bounded_without_scaling():
@@ -258,12 +258,12 @@ def test_bad_input_shapes_name_the_argument(arg, shape):
 @pytest.mark.parametrize("arg, shape, pattern", [
     ("W_q", (3,), r"^W_q must have shape \(d_q, d_a\)"),
     ("W_k", (5, 3), r"^W_k must have shape \(d_k, d_a=4\)"),
-    ("v", (4, 1), r"^v must have shape \(d_a=4,\)"),
+    ("w", (4, 1), r"^w must have shape \(d_a=4,\)"),
 ])
 def test_bad_parameter_shapes_name_the_argument(arg, shape, pattern):
     rng = np.random.default_rng(14)
     q, k, vals = _inputs(rng)
-    params = dict(W_q=np.zeros((3, 4)), W_k=np.zeros((5, 4)), v=np.zeros(4))
+    params = dict(W_q=np.zeros((3, 4)), W_k=np.zeros((5, 4)), w=np.zeros(4))
     params[arg] = np.zeros(shape)
     with pytest.raises(ValueError, match=pattern):
         additive_attention(q, k, vals, **params)
