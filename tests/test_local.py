@@ -58,7 +58,7 @@ def test_gaussian_factors_and_derivative_with_respect_to_p_t():
     for s in WINDOW:
         dweights = np.zeros((1, 20))
         dweights[0, s] = 1.0
-        dscores, dp = local_weights_backward(dweights, align, gauss, p_t, 2)
+        dscores, dp = local_weights_backward(dweights, p_t, 2, align, gauss)
         da_dp.append(dp[0])
     np.testing.assert_allclose(da_dp, DA_DP, atol=5e-5)
     # and by finite differences, the window held where it is (p_t is 0.49 from its edges)
@@ -74,7 +74,7 @@ def test_local_weights_backward_matches_finite_differences():
     mask[2, 11] = False
     G = rng.standard_normal((3, 12))
     weights, align, gauss = local_weights(scores, p_t, 3, mask)
-    dscores, dp_t = local_weights_backward(G, align, gauss, p_t, 3)
+    dscores, dp_t = local_weights_backward(G, p_t, 3, align, gauss)
     loss = lambda: np.sum(local_weights(scores, p_t, 3, mask)[0] * G)  # noqa: E731
     assert relative_error(dscores, numerical_gradient(loss, scores)) < TOLERANCE
     assert relative_error(dp_t, numerical_gradient(loss, p_t)) < TOLERANCE

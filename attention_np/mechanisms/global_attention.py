@@ -41,7 +41,7 @@ SCORES = ("dot", "general", "concat")
 
 
 # ---------------------------------------------------------------- score functions
-def luong_scores(h_t, source, method, W_a=None, v_a=None):
+def luong_scores(h_t, source, method: str, W_a=None, v_a=None):
     """Scores ``(B, S)`` of ``h_t (B, d)`` against ``source (B, S, d)``; returns ``(scores, cache)``.
 
     ``method``: ``"dot"``, ``"general"`` (``W_a (d, d)``) or ``"concat"``
@@ -61,22 +61,26 @@ def luong_scores(h_t, source, method, W_a=None, v_a=None):
     return scores, T
 
 
-def luong_scores_backward(dscores, cache, h_t, source, method, W_a=None, v_a=None):
-    """Backward of :func:`luong_scores`: ``-> (dh_t (B, d), dsource (B, S, d), {param: grad})``.
+def luong_scores_backward(dscores, h_t, source, method: str, W_a=None, v_a=None, cache=None):
+    """Backward of :func:`luong_scores`: ``(dh_t (B, d), dsource (B, S, d))`` then one gradient per parameter.
 
-    ``dscores (B, S)``; ``cache``, ``h_t (B, d)``, ``source (B, S, d)`` and the
-    parameters as in the forward.  The dict holds ``W_a`` (general, concat) and
-    ``v_a`` (concat) gradients of their parameters' shapes; it is empty for dot.
+    ``dscores (B, S)``; ``h_t (B, d)``, ``source (B, S, d)``, ``method`` and the
+    parameters as in the forward; ``cache``, the forward's second output
+    (needed by ``"general"`` and ``"concat"``).  Returns ``(dh_t, dsource)`` for
+    dot, ``(dh_t, dsource, dW_a)`` for general and ``(dh_t, dsource, dW_a, dv_a)``
+    for concat, each gradient of its argument's shape.
     """
     if method == "dot":
         dh = np.einsum("bs,bsd->bd", dscores, source)      # (B, d)
         dsource = dscores[:, :, None] * h_t[:, None, :]    # (B, S, d)
-        return dh, dsource, {}
+        return dh, dsource
+    if cache is None:
+        raise ValueError(f"cache (the second output of luong_scores) is needed for method {method!r}")
     if method == "general":
         q = cache
         dq = np.einsum("bs,bsd->bd", dscores, source)      # (B, d)
         dsource = dscores[:, :, None] * q[:, None, :]      # (B, S, d) = ds_s W_aᵀ h_t
-        return dq @ W_a.T, dsource, {"W_a": h_t.T @ dq}
+        return dq @ W_a.T, dsource, h_t.T @ dq
     d = h_t.shape[-1]
     T = cache
     dv = np.einsum("bs,bsk->k", dscores, T)                # (d_a,)
@@ -84,7 +88,7 @@ def luong_scores_backward(dscores, cache, h_t, source, method, W_a=None, v_a=Non
     dpre_h = dpre.sum(axis=1)                              # (B, d_a): h_t is shared by every s
     dW = np.concatenate([h_t.T @ dpre_h,
                          source.reshape(-1, d).T @ dpre.reshape(-1, dpre.shape[-1])], axis=0)  # (2d, d_a)
-    return dpre_h @ W_a[:d].T, dpre @ W_a[d:].T, {"W_a": dW, "v_a": dv}
+    return dpre_h @ W_a[:d].T, dpre @ W_a[d:].T, dW, dv
 
 
 # ---------------------------------------------------------------- shared checks and output layer
@@ -106,10 +110,11 @@ def attentional_hidden(context, h_t, W_c):
     return np.tanh(np.concatenate([context, h_t], axis=-1) @ W_c)   # (B, 2d) @ (2d, d) -> (B, d)
 
 
-def attentional_hidden_backward(dh_tilde, h_tilde, context, h_t, W_c):
+def attentional_hidden_backward(dh_tilde, context, h_t, W_c, h_tilde):
     """Backward of :func:`attentional_hidden`: ``-> (dcontext (B, d), dh_t (B, d), dW_c (2d, d))``.
 
-    ``dh_tilde (B, d)`` upstream gradient, ``h_tilde (B, d)`` the forward's output.
+    ``dh_tilde (B, d)`` upstream gradient; ``context``, ``h_t (B, d)`` and
+    ``W_c (2d, d)`` as in the forward; ``h_tilde (B, d)`` the forward's output.
     """
     dpre = dh_tilde * (1.0 - h_tilde * h_tilde)            # (B, d)
     ch = np.concatenate([context, h_t], axis=-1)           # (B, 2d)
@@ -129,14 +134,16 @@ def init_score_params(module, method, d, d_att, rng):
         module.add_param("v_a", rng.uniform(-1.0, 1.0, size=d_att) / np.sqrt(d_att))
 
 
-def output_backward(dh_tilde, h_tilde, context, h_t, source, weights, W_c):
-    """Backward of ``h̃ = tanh([c; h_t] W_c)`` and ``c = Σ_s a_s h̄_s`` (shared by global and local attention).
+def output_backward(dh_tilde, weights, source, h_t, W_c, context, h_tilde):
+    """Backward of the output step shared by global and local attention.
 
-    ``dh_tilde, h_tilde, context, h_t (B, d)``, ``source (B, S, d)``,
-    ``weights (B, S)``, ``W_c (2d, d)``.  Returns ``(dweights (B, S),
-    dsource (B, S, d) value path, dh_t (B, d) from the mix, dW_c (2d, d))``.
+    Its forward takes ``weights (B, S)``, ``source (B, S, d)``, ``h_t (B, d)``
+    and ``W_c (2d, d)`` and computes ``context = Σ_s a_s h̄_s (B, d)`` and then
+    ``h_tilde = tanh([c; h_t] W_c) (B, d)``; ``dh_tilde (B, d)`` is the upstream
+    gradient.  Returns ``(dweights (B, S), dsource (B, S, d) value path,
+    dh_t (B, d) from the mix, dW_c (2d, d))``.
     """
-    dcontext, dh, dW_c = attentional_hidden_backward(dh_tilde, h_tilde, context, h_t, W_c)
+    dcontext, dh, dW_c = attentional_hidden_backward(dh_tilde, context, h_t, W_c, h_tilde)
     dweights = np.einsum("bd,bsd->bs", dcontext, source)               # (B, S)  weighted-sum backward
     dsource = weights[:, :, None] * dcontext[:, None, :]               # (B, S, d) value path
     return dweights, dsource, dh, dW_c
@@ -190,11 +197,11 @@ class GlobalAttention(Module):
         if dh_tilde.shape != h_tilde.shape:
             raise shape_error("dh_tilde", f"(B={h_tilde.shape[0]}, d={self.d})", dh_tilde)
         p = self.params
-        dweights, dsource, dh, dW_c = output_backward(dh_tilde, h_tilde, context, h_t, source, weights, p["W_c"])
+        dweights, dsource, dh, dW_c = output_backward(dh_tilde, weights, source, h_t, p["W_c"], context, h_tilde)
         self.grads["W_c"] += dW_c
         dscores = softmax_backward(dweights, weights)                      # (B, S); masked -> 0
-        dh_s, dsource_s, dparams = luong_scores_backward(dscores, score_cache, h_t, source, self.score,
-                                                         p.get("W_a"), p.get("v_a"))
-        for name, g in dparams.items():
+        dh_s, dsource_s, *dparams = luong_scores_backward(dscores, h_t, source, self.score,
+                                                          p.get("W_a"), p.get("v_a"), score_cache)
+        for name, g in zip(("W_a", "v_a"), dparams):                       # the score's parameters, if any
             self.grads[name] += g
         return dh + dh_s, dsource + dsource_s

@@ -50,12 +50,12 @@ def context_pooling(H, W, b, u, mask=None):
     return pooled, weights, U
 
 
-def context_pooling_backward(dpooled, H, weights, U, W, u):
-    """Backward of :func:`context_pooling`: ``-> (dH (B, T, d_in), {"W", "b", "u"})``.
+def context_pooling_backward(dpooled, H, W, u, weights, U):
+    """Backward of :func:`context_pooling`: ``-> (dH (B, T, d_in), dW (d_in, d_att), db (d_att,), du (d_att,))``.
 
-    ``dpooled (B, d_in)``; ``H (B, T, d_in)``, ``weights (B, T)``,
-    ``U (B, T, d_att)`` from the forward; ``W (d_in, d_att)``, ``u (d_att,)``.
-    The dict holds ``dW (d_in, d_att)``, ``db (d_att,)``, ``du (d_att,)``.
+    ``dpooled (B, d_in)``; ``H (B, T, d_in)``, ``W (d_in, d_att)`` and
+    ``u (d_att,)`` as in the forward (``b`` is not needed); ``weights (B, T)``
+    and ``U (B, T, d_att)``, the forward's second and third outputs.
     """
     dweights = np.einsum("bd,btd->bt", dpooled, H)          # (B, T)
     dH = weights[:, :, None] * dpooled[:, None, :]          # (B, T, d_in) value path
@@ -63,12 +63,10 @@ def context_pooling_backward(dpooled, H, weights, U, W, u):
     dpre = dscores[:, :, None] * u * (1.0 - U * U)          # (B, T, d_att)
     dH = dH + dpre @ W.T                                    # key path
     d_in, d_att = H.shape[-1], U.shape[-1]
-    grads = {
-        "W": H.reshape(-1, d_in).T @ dpre.reshape(-1, d_att),   # (d_in, d_att)
-        "b": dpre.sum(axis=(0, 1)),                             # (d_att,)
-        "u": np.einsum("bt,btk->k", dscores, U),                # (d_att,)
-    }
-    return dH, grads
+    dW = H.reshape(-1, d_in).T @ dpre.reshape(-1, d_att)   # (d_in, d_att)
+    db = dpre.sum(axis=(0, 1))                              # (d_att,)
+    du = np.einsum("bt,btk->k", dscores, U)                 # (d_att,)
+    return dH, dW, db, du
 
 
 class AttentionPooling(Module):
@@ -114,8 +112,8 @@ class AttentionPooling(Module):
         dpooled = as_float_array(dpooled, "dpooled")
         if dpooled.shape != (H.shape[0], self.d_in):
             raise shape_error("dpooled", f"(B={H.shape[0]}, d_in={self.d_in})", dpooled)
-        dH, grads = context_pooling_backward(dpooled, H, weights, U, self.params["W"], self.params["u"])
-        for name, g in grads.items():
+        dH, dW, db, du = context_pooling_backward(dpooled, H, self.params["W"], self.params["u"], weights, U)
+        for name, g in (("W", dW), ("b", db), ("u", du)):
             self.grads[name] += g
         return dH
 

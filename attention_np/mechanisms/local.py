@@ -44,7 +44,7 @@ MODES = ("predictive", "monotonic")
 
 
 # ---------------------------------------------------------------- window weights (the math)
-def local_weights(scores, p_t, window, mask=None, gaussian=True):
+def local_weights(scores, p_t, window: int, mask=None, gaussian=True):
     """Windowed softmax times the Gaussian centred at ``p_t``.
 
     ``scores (B, S)``, ``p_t (B,)``, ``window = D``; ``mask (B, S)`` bool
@@ -65,10 +65,11 @@ def local_weights(scores, p_t, window, mask=None, gaussian=True):
     return align * gauss, align, gauss
 
 
-def local_weights_backward(dweights, align, gauss, p_t, window, gaussian=True):
+def local_weights_backward(dweights, p_t, window: int, align, gauss, gaussian=True):
     """Backward of :func:`local_weights` with the window held fixed: ``-> (dscores (B, S), dp_t (B,))``.
 
-    ``dweights (B, S)``; ``align``, ``gauss (B, S)`` and ``p_t (B,)`` from the forward.
+    ``dweights (B, S)``; ``p_t (B,)``, ``window`` and ``gaussian`` as in the
+    forward; ``align``, ``gauss (B, S)``, the forward's second and third outputs.
     """
     dscores = softmax_backward(dweights * gauss, align)               # (B, S); zero outside the window
     if not gaussian:
@@ -162,13 +163,13 @@ class LocalAttention(Module):
         if dh_tilde.shape != h_tilde.shape:
             raise shape_error("dh_tilde", f"(B={h_tilde.shape[0]}, d={self.d})", dh_tilde)
         p = self.params
-        dweights, dsource, dh, dW_c = output_backward(dh_tilde, h_tilde, context, h_t, source, weights, p["W_c"])
+        dweights, dsource, dh, dW_c = output_backward(dh_tilde, weights, source, h_t, p["W_c"], context, h_tilde)
         self.grads["W_c"] += dW_c
         gaussian = self.mode == "predictive"
-        dscores, dp_t = local_weights_backward(dweights, align, gauss, p_t, self.window, gaussian)
-        dh_s, dsource_s, dparams = luong_scores_backward(dscores, score_cache, h_t, source, self.score,
-                                                         p.get("W_a"), p.get("v_a"))
-        for name, g in dparams.items():
+        dscores, dp_t = local_weights_backward(dweights, p_t, self.window, align, gauss, gaussian)
+        dh_s, dsource_s, *dparams = luong_scores_backward(dscores, h_t, source, self.score,
+                                                          p.get("W_a"), p.get("v_a"), score_cache)
+        for name, g in zip(("W_a", "v_a"), dparams):                       # the score's parameters, if any
             self.grads[name] += g
         dh = dh + dh_s
         if gaussian:                                                       # p_t = S sigma(v_p . tanh(h_t W_p))

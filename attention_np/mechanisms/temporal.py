@@ -49,20 +49,21 @@ def temporal_attention(frames, h_prev, W_a, U_a, b_a, w, mask=None):
     return phi, weights, T
 
 
-def temporal_attention_backward(dphi, frames, h_prev, weights, T, W_a, U_a, w):
-    """Backward of :func:`temporal_attention`: ``-> (dframes, dh_prev, {"W_a", "U_a", "b_a", "w"})``.
+def temporal_attention_backward(dphi, frames, h_prev, W_a, U_a, w, weights, T):
+    """Backward of :func:`temporal_attention`: ``-> (dframes, dh_prev, dW_a, dU_a, db_a, dw)``.
 
-    ``dphi (B, D)``; ``frames (B, F, D)``, ``h_prev (B, d_state)``,
-    ``weights (B, F)`` and ``T (B, F, d_hidden)`` from the forward.  Returns
-    ``dframes (B, F, D)`` (value path + key path), ``dh_prev (B, d_state)`` and
-    the parameter gradients, shaped like the parameters.
+    ``dphi (B, D)``; ``frames (B, F, D)``, ``h_prev (B, d_state)`` and the
+    parameters ``W_a, U_a, w`` as in the forward (``b_a`` is not needed);
+    ``weights (B, F)`` and ``T (B, F, d_hidden)``, the forward's second and
+    third outputs.  Returns ``dframes (B, F, D)`` (value path + key path),
+    ``dh_prev (B, d_state)`` and the gradients of ``W_a, U_a, b_a, w``, shaped
+    like the parameters.
     """
     dweights = np.einsum("bd,bfd->bf", dphi, frames)        # (B, F)
     dframes = weights[:, :, None] * dphi[:, None, :]        # (B, F, D) value path
     dscores = softmax_backward(dweights, weights)           # (B, F); masked frames -> 0
     dframes_key, dh_prev, dU_a, dW_a, db_a, dw = additive_scores_backward(dscores, frames, h_prev, U_a, W_a, w, T)
-    grads = {"W_a": dW_a, "U_a": dU_a, "b_a": db_a, "w": dw}
-    return dframes + dframes_key, dh_prev, grads            # value path + key path
+    return dframes + dframes_key, dh_prev, dW_a, dU_a, db_a, dw   # dframes: value path + key path
 
 
 class TemporalAttention(Module):
@@ -115,8 +116,8 @@ class TemporalAttention(Module):
         if dphi.shape != (frames.shape[0], self.d_frame):
             raise shape_error("dphi", f"(B={frames.shape[0]}, d_frame={self.d_frame})", dphi)
         p = self.params
-        dframes, dh_prev, grads = temporal_attention_backward(dphi, frames, h_prev, weights, T,
-                                                              p["W_a"], p["U_a"], p["w"])
-        for name, g in grads.items():
+        dframes, dh_prev, *grads = temporal_attention_backward(dphi, frames, h_prev, p["W_a"], p["U_a"], p["w"],
+                                                               weights, T)
+        for name, g in zip(("W_a", "U_a", "b_a", "w"), grads):
             self.grads[name] += g
         return dframes, dh_prev

@@ -63,12 +63,13 @@ def gru_cell(x, h, W, U, b):
     return h_new, (x, h, z, r, n, rh)
 
 
-def gru_cell_backward(dh_new, cache, W, U):
-    """Backward of :func:`gru_cell`: ``-> (dx, dh, {"W": dW, "U": dU, "b": db})``.
+def gru_cell_backward(dh_new, W, U, cache):
+    """Backward of :func:`gru_cell`: ``-> (dx, dh, dW, dU, db)``.
 
-    ``dh_new (B, H)`` upstream gradient, ``cache`` from the forward, ``W (d_in, 3H)``,
-    ``U (H, 3H)``.  Returns ``dx (B, d_in)``, ``dh (B, H)`` and the parameter
-    gradients ``dW (d_in, 3H)``, ``dU (H, 3H)``, ``db (3H,)`` (returned, not accumulated).
+    ``dh_new (B, H)`` upstream gradient; the parameters ``W (d_in, 3H)``,
+    ``U (H, 3H)`` as in the forward; ``cache``, the forward's second output.
+    Returns ``dx (B, d_in)``, ``dh (B, H)`` and the parameter gradients
+    ``dW (d_in, 3H)``, ``dU (H, 3H)``, ``db (3H,)`` (returned, not accumulated).
     """
     x, h, z, r, n, rh = cache
     H = h.shape[-1]
@@ -83,7 +84,7 @@ def gru_cell_backward(dh_new, cache, W, U):
     dh += dpre_zr @ U[:, :2 * H].T                          # (B, 2H) @ (2H, H) -> (B, H)
     dx = dpre @ W.T                                         # (B, 3H) @ (3H, d_in) -> (B, d_in)
     dU = np.concatenate([h.T @ dpre_zr, rh.T @ dpre_n], axis=1)  # (H, 3H)
-    return dx, dh, {"W": x.T @ dpre, "U": dU, "b": dpre.sum(axis=0)}
+    return dx, dh, x.T @ dpre, dU, dpre.sum(axis=0)
 
 
 # ---------------------------------------------------------------- one LSTM step
@@ -103,12 +104,13 @@ def lstm_cell(x, h, c, W, U, b):
     return h_new, c_new, (x, h, c, i, f, o, g, tc)
 
 
-def lstm_cell_backward(dh_new, dc_new, cache, W, U):
-    """Backward of :func:`lstm_cell`: ``-> (dx, dh, dc, {"W", "U", "b"})``.
+def lstm_cell_backward(dh_new, dc_new, W, U, cache):
+    """Backward of :func:`lstm_cell`: ``-> (dx, dh, dc, dW, dU, db)``.
 
     ``dh_new, dc_new (B, H)`` are the gradients arriving at ``h_new`` and
-    ``c_new``; returns ``dx (B, d_in)``, ``dh (B, H)``, ``dc (B, H)`` (into the
-    previous cell state) and ``dW (d_in, 4H)``, ``dU (H, 4H)``, ``db (4H,)``.
+    ``c_new``; ``W (d_in, 4H)``, ``U (H, 4H)`` as in the forward; ``cache``, the
+    forward's third output.  Returns ``dx (B, d_in)``, ``dh (B, H)``, ``dc (B, H)``
+    (into the previous cell state) and ``dW (d_in, 4H)``, ``dU (H, 4H)``, ``db (4H,)``.
     """
     x, h, c, i, f, o, g, tc = cache
     do = dh_new * tc
@@ -118,7 +120,7 @@ def lstm_cell_backward(dh_new, dc_new, cache, W, U):
                            dg * (1.0 - g * g)], axis=1)     # (B, 4H)
     dx = dpre @ W.T                                         # (B, d_in)
     dh = dpre @ U.T                                         # (B, H)
-    return dx, dh, dc * f, {"W": x.T @ dpre, "U": h.T @ dpre, "b": dpre.sum(axis=0)}
+    return dx, dh, dc * f, x.T @ dpre, h.T @ dpre, dpre.sum(axis=0)
 
 
 # ---------------------------------------------------------------- helpers
@@ -146,8 +148,8 @@ def _check_upstream(d, name, like):
     return d
 
 
-def _accumulate(grads, step_grads):
-    for key, g in step_grads.items():
+def _accumulate(grads, dW, dU, db):
+    for key, g in (("W", dW), ("U", dU), ("b", db)):
         grads[key] += g
 
 
@@ -184,8 +186,8 @@ class GRUCell(Module):
         """
         cache, has_h = self.cache
         dh_new = _check_upstream(dh_new, "dh_new", cache[1])
-        dx, dh, g = gru_cell_backward(dh_new, cache, self.params["W"], self.params["U"])
-        _accumulate(self.grads, g)
+        dx, dh, *param_grads = gru_cell_backward(dh_new, self.params["W"], self.params["U"], cache)
+        _accumulate(self.grads, *param_grads)
         return (dx, dh) if has_h else dx
 
 
@@ -230,8 +232,8 @@ class LSTMCell(Module):
         cache, has_h, has_c = self.cache
         dh_new = _check_upstream(dh_new, "dh_new", cache[1])
         dc_new = np.zeros_like(dh_new) if dc is None else _check_upstream(dc, "dc", cache[2])
-        dx, dh, dc_prev, g = lstm_cell_backward(dh_new, dc_new, cache, self.params["W"], self.params["U"])
-        _accumulate(self.grads, g)
+        dx, dh, dc_prev, *param_grads = lstm_cell_backward(dh_new, dc_new, self.params["W"], self.params["U"], cache)
+        _accumulate(self.grads, *param_grads)
         out = (dx,) + ((dh,) if has_h else ()) + ((dc_prev,) if has_c else ())
         return out if len(out) > 1 else dx
 
@@ -386,8 +388,8 @@ class GRU(_Recurrent):
         W, U = cell.params["W"], cell.params["U"]
 
         def step_backward(dstate, cache):
-            dx, dh, g = gru_cell_backward(dstate[0], cache, W, U)
-            _accumulate(cell.grads, g)
+            dx, dh, *param_grads = gru_cell_backward(dstate[0], W, U, cache)
+            _accumulate(cell.grads, *param_grads)
             return dx, (dh,)
         return step_backward
 
@@ -440,8 +442,8 @@ class LSTM(_Recurrent):
         W, U = cell.params["W"], cell.params["U"]
 
         def step_backward(dstate, cache):
-            dx, dh, dc, g = lstm_cell_backward(dstate[0], dstate[1], cache, W, U)
-            _accumulate(cell.grads, g)
+            dx, dh, dc, *param_grads = lstm_cell_backward(dstate[0], dstate[1], W, U, cache)
+            _accumulate(cell.grads, *param_grads)
             return dx, (dh, dc)
         return step_backward
 
