@@ -116,29 +116,47 @@ def test_absorbed_matrices_reproduce_forward():
     np.testing.assert_allclose(mla.forward_absorbed(x, causal=True), out, rtol=0, atol=1e-12)
 
 
-def test_incremental_decoding_equals_full_forward():
+@pytest.mark.parametrize("max_len", [None, 7])
+def test_incremental_decoding_equals_full_forward(max_len):
     mla = small(5)
     x = np.random.default_rng(5).standard_normal((2, 7, 6))
     full = mla.forward(x, causal=True)
-    # token by token from an empty cache
-    cache, outs = None, []
+    # token by token from an empty cache, which grows in place
+    cache, outs = mla.init_cache(max_len), []
     for t in range(7):
-        out, cache = mla.forward_incremental(x[:, t:t + 1], cache)
-        outs.append(out)
-        assert set(cache) == {"c_kv", "k_r"}                    # nothing else is cached
-        assert cache["c_kv"].shape == (2, t + 1, 4) and cache["k_r"].shape == (2, t + 1, 4)
+        outs.append(mla.forward_incremental(x[:, t:t + 1], cache))
+        assert cache.length == t + 1
+        assert cache.c_kv.shape == (2, t + 1, 4) and cache.k_r.shape == (2, t + 1, 4)   # nothing else is cached
     np.testing.assert_allclose(np.concatenate(outs, axis=1), full, rtol=0, atol=1e-12)
     # prefill of 4 tokens, then 3 more in one call
-    out1, cache = mla.forward_incremental(x[:, :4])
-    out2, cache2 = mla.forward_incremental(x[:, 4:], cache)
+    cache = mla.init_cache(max_len)
+    out1 = mla.forward_incremental(x[:, :4], cache)
+    assert cache.length == 4
+    out2 = mla.forward_incremental(x[:, 4:], cache)
     np.testing.assert_allclose(np.concatenate([out1, out2], axis=1), full, rtol=0, atol=1e-12)
-    assert cache["c_kv"].shape[1] == 4                          # the input cache is not modified
     # the cache holds exactly c^KV = x W^DKV and k^R = RoPE(x W^KR) at absolute positions 0..6
     P = mla.params
-    np.testing.assert_allclose(cache2["c_kv"], x @ P["W_DKV"], rtol=0, atol=1e-13)
-    np.testing.assert_allclose(cache2["k_r"], rope(x @ P["W_KR"]), rtol=0, atol=1e-13)
-    per_token = cache2["c_kv"].shape[-1] + cache2["k_r"].shape[-1]
+    np.testing.assert_allclose(cache.c_kv, x @ P["W_DKV"], rtol=0, atol=1e-13)
+    np.testing.assert_allclose(cache.k_r, rope(x @ P["W_KR"]), rtol=0, atol=1e-13)
+    per_token = cache.c_kv.shape[-1] + cache.k_r.shape[-1]
     assert per_token == mla.cache_elements_per_token() == 4 + 4
+    assert cache.nbytes == 2 * 7 * per_token * 8                # float64: 8 bytes per number
+    cache.reset()
+    assert cache.length == 0 and cache.nbytes == 0 and cache.c_kv is None
+
+
+def test_latent_cache_grows_in_place_and_refuses_overflow_and_new_precision():
+    mla = small(5)
+    x = np.random.default_rng(6).standard_normal((1, 4, 6))
+    cache = mla.init_cache(max_len=3)
+    mla.forward_incremental(x[:, :2], cache)
+    buffer = cache._buffers[0]
+    mla.forward_incremental(x[:, 2:3], cache)
+    assert cache._buffers[0] is buffer and np.shares_memory(cache.c_kv, buffer)   # filled in place
+    with pytest.raises(ValueError, match="cache overflow: 3 \\+ 1 tokens exceed max_len=3"):
+        mla.forward_incremental(x[:, 3:], cache)
+    with pytest.raises(ValueError, match="cache's dtype float64, got float32"):
+        cache.append(np.zeros((1, 1, 4), np.float32), np.zeros((1, 1, 4), np.float32))
 
 
 def test_cache_elements_per_token_deepseek_v2():
@@ -173,8 +191,9 @@ def test_float32_stays_float32():
     assert mla(x).dtype == np.float32
     assert mla.backward(np.ones((2, 5, 6), np.float32)).dtype == np.float32
     assert mla.forward_absorbed(x).dtype == np.float32
-    out, cache = mla.forward_incremental(x)
-    assert out.dtype == np.float32 and cache["c_kv"].dtype == np.float32
+    cache = mla.init_cache()
+    out = mla.forward_incremental(x, cache)
+    assert out.dtype == np.float32 and cache.c_kv.dtype == np.float32
 
 
 def test_bad_input():
@@ -185,10 +204,14 @@ def test_bad_input():
         small(d_rope=3)
     with pytest.raises(ValueError, match="mask"):
         mla(np.zeros((2, 5, 6)), mask=np.ones((3, 5), bool))
-    with pytest.raises(ValueError, match="cache"):
-        mla.forward_incremental(np.zeros((2, 1, 6)), {"c_kv": np.zeros((2, 3, 4))})
-    with pytest.raises(ValueError, match="cache\\['k_r'\\]"):
-        mla.forward_incremental(np.zeros((2, 1, 6)), {"c_kv": np.zeros((2, 3, 4)), "k_r": np.zeros((2, 2, 4))})
+    with pytest.raises(ValueError, match="cache must be a LatentCache"):
+        mla.forward_incremental(np.zeros((2, 1, 6)), {"c_kv": np.zeros((2, 3, 4)), "k_r": np.zeros((2, 3, 4))})
+    cache = mla.init_cache()
+    mla.forward_incremental(np.zeros((2, 1, 6)), cache)
+    with pytest.raises(ValueError, match=r"c_kv must have shape \(B=2, s, d_latent_kv=4\), got \(3, 1, 4\)"):
+        mla.forward_incremental(np.zeros((3, 1, 6)), cache)      # another batch size than the cached one
+    with pytest.raises(ValueError, match=r"k_r must have shape \(B=2, s=1, d_rope\), got \(1, 1, 4\)"):
+        cache.append(np.zeros((2, 1, 4)), np.zeros((1, 1, 4)))   # the two arrays disagree on the batch
 
 
 def test_causal_is_off_by_default_as_in_every_attention_module():

@@ -44,7 +44,7 @@ from .positional import (
 from .cross import CrossAttention, cross_attention, cross_attention_backward
 from .multihead import MultiHeadAttention, merge_heads, repeat_kv, split_heads
 from .kv_cache import KVCache
-from .latent import MultiHeadLatentAttention
+from .latent import LatentCache, MultiHeadLatentAttention
 from .memory import MemoryNetwork, position_encoding
 from .adaptive import AdaptiveAttention, VisualSentinel
 from .sparse import (

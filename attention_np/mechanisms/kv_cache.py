@@ -29,7 +29,7 @@ import numpy as np
 from ..nn.validate import as_float_array, shape_error
 from .multihead import MultiHeadAttention
 
-__all__ = ["KVCache", "cached_attention", "prefill", "decode_step", "incremental_forward", "kv_cache_bytes"]
+__all__ = ["TokenCache", "KVCache", "cached_attention", "prefill", "decode_step", "incremental_forward", "kv_cache_bytes"]
 
 
 def kv_cache_bytes(n_layers: int, n_kv_heads: int, d_head: int, n_tokens: int, bytes_per_element: int = 2) -> int:
@@ -40,7 +40,80 @@ def kv_cache_bytes(n_layers: int, n_kv_heads: int, d_head: int, n_tokens: int, b
     return 2 * int(n_layers) * int(n_kv_heads) * int(d_head) * int(n_tokens) * int(bytes_per_element)
 
 
-class KVCache:
+class TokenCache:
+    """Arrays that grow along their token axis (the second to last), filled left to right.
+
+    The storage shared by :class:`KVCache` (keys and values of MHA) and
+    :class:`~attention_np.mechanisms.latent.LatentCache` (the latents of MLA):
+    each subclass names its arrays and their axes in ``fields``.  With
+    ``max_len`` the buffers are allocated once (on the first append) and filled
+    in place, as a serving system would; without it they grow by concatenation.
+    ``length`` counts the cached tokens; ``reset`` empties the cache;
+    ``nbytes`` is the memory of the filled part.
+    """
+
+    fields: tuple = ()          # ((name, axis labels), ...), the token axis labelled "s", second to last
+
+    def __init__(self, max_len: int | None = None) -> None:
+        if max_len is not None and (int(max_len) != max_len or max_len < 1):
+            raise ValueError(f"max_len must be a positive integer or None, got {max_len!r}")
+        self.max_len = None if max_len is None else int(max_len)
+        self._buffers = None
+        self.length = 0
+
+    def reset(self) -> None:
+        """Empty the cache (length 0); the next append starts a new sequence (and may change shape or dtype)."""
+        self._buffers = None
+        self.length = 0
+
+    def _filled(self, i: int) -> np.ndarray | None:
+        """The filled part of buffer ``i`` (a view), None before the first append."""
+        return None if self._buffers is None else self._buffers[i][..., : self.length, :]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the filled part of the cache."""
+        return 0 if self._buffers is None else int(sum(self._filled(i).nbytes for i in range(len(self.fields))))
+
+    def _append(self, *arrays) -> tuple:
+        """Validate ``arrays`` (one per field, ``s`` new tokens each), store them, return every filled view."""
+        arrays = [as_float_array(a, name) for a, (name, _) in zip(arrays, self.fields)]
+        first, first_axes = arrays[0], self.fields[0][1]
+        for i, (a, (name, axes)) in enumerate(zip(arrays, self.fields)):
+            if a.ndim != len(axes):
+                raise shape_error(name, f"({', '.join(axes)})", a)
+            # an axis named like one of the first array's (B, s, ...) must have its size
+            sizes = dict(zip(first_axes, first.shape)) if i else {}
+            if any(size != sizes.get(label, size) for label, size in zip(axes, a.shape)):
+                labels = [f"{label}={sizes[label]}" if label in sizes else label for label in axes]
+                raise shape_error(name, f"({', '.join(labels)})", a)
+            if self._buffers is not None:                    # every axis but the token axis is fixed
+                held = self._buffers[i]
+                if a.shape[:-2] + a.shape[-1:] != held.shape[:-2] + held.shape[-1:]:
+                    labels = [f"{label}={size}" if label != "s" else "s" for label, size in zip(axes, held.shape)]
+                    raise shape_error(name, f"({', '.join(labels)})", a)
+        if self._buffers is not None and any(a.dtype != b.dtype for a, b in zip(arrays, self._buffers)):
+            names = " and ".join(name for name, _ in self.fields)
+            raise ValueError(f"{names} must have the cache's dtype {self._buffers[0].dtype}, got {first.dtype}: "
+                             f"convert them (or start a new cache) instead of silently changing precision")
+        s = first.shape[-2]
+        if self.max_len is None:
+            # a copy on the first append: the cache must not change when the caller reuses its arrays
+            self._buffers = ([a.copy() for a in arrays] if self._buffers is None else
+                             [np.concatenate([b, a], axis=-2) for b, a in zip(self._buffers, arrays)])
+        else:
+            if self.length + s > self.max_len:
+                raise ValueError(f"cache overflow: {self.length} + {s} tokens exceed max_len={self.max_len}")
+            if self._buffers is None:
+                self._buffers = [np.zeros(a.shape[:-2] + (self.max_len, a.shape[-1]), dtype=a.dtype)
+                                 for a in arrays]                                  # (..., max_len, d)
+            for b, a in zip(self._buffers, arrays):
+                b[..., self.length:self.length + s, :] = a
+        self.length += s
+        return tuple(self._filled(i) for i in range(len(self.fields)))
+
+
+class KVCache(TokenCache):
     """Keys and values of one attention layer, ``(B, H_kv, T, d_head)`` each, filled left to right.
 
     With ``max_len`` the buffers are allocated once (on the first append) and
@@ -48,32 +121,17 @@ class KVCache:
     concatenation.  ``keys``/``values`` are views of the filled part.
     """
 
-    def __init__(self, max_len: int | None = None) -> None:
-        if max_len is not None and (int(max_len) != max_len or max_len < 1):
-            raise ValueError(f"max_len must be a positive integer or None, got {max_len!r}")
-        self.max_len = None if max_len is None else int(max_len)
-        self._k = self._v = None
-        self.length = 0
-
-    def reset(self) -> None:
-        """Empty the cache (length 0); the next append starts a new sequence (and may change shape or dtype)."""
-        self._k = self._v = None
-        self.length = 0
+    fields = (("k", ("B", "H_kv", "s", "d_head")), ("v", ("B", "H_kv", "s", "d_head")))
 
     @property
     def keys(self) -> np.ndarray | None:
         """The cached keys ``(B, H_kv, T, d_head)``, a view of the filled part; None before the first append."""
-        return None if self._k is None else self._k[..., : self.length, :]   # (B, H_kv, T, d_head)
+        return self._filled(0)
 
     @property
     def values(self) -> np.ndarray | None:
         """The cached values ``(B, H_kv, T, d_head)``, a view of the filled part; None before the first append."""
-        return None if self._v is None else self._v[..., : self.length, :]   # (B, H_kv, T, d_head)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the filled part of the cache."""
-        return 0 if self._k is None else int(self.keys.nbytes + self.values.nbytes)
+        return self._filled(1)
 
     def append(self, k, v):
         """Append ``k, v (B, H_kv, s, d_head)``; return all cached ``(keys, values)``, each ``(B, H_kv, T + s, d_head)``.
@@ -81,33 +139,7 @@ class KVCache:
         ``B``, ``H_kv``, ``d_head`` and the dtype must match what the cache
         already holds; with ``max_len`` the total may not exceed it.
         """
-        k, v = as_float_array(k, "k"), as_float_array(v, "v")
-        if k.ndim != 4:
-            raise shape_error("k", "(B, H_kv, s, d_head)", k)
-        if v.shape != k.shape:
-            raise shape_error("v", str(k.shape), v)
-        if self._k is not None and k.shape[:2] + k.shape[3:] != self._k.shape[:2] + self._k.shape[3:]:
-            b, h, _, d = self._k.shape
-            raise shape_error("k", f"(B={b}, H_kv={h}, s, d_head={d})", k)
-        if self._k is not None and k.dtype != self._k.dtype:
-            raise ValueError(f"k and v must have the cache's dtype {self._k.dtype}, got {k.dtype}: "
-                             f"convert them (or start a new cache) instead of silently changing precision")
-        s = k.shape[2]
-        if self.max_len is None:
-            # a copy on the first append: the cache must not change when the caller reuses its arrays
-            self._k = k.copy() if self._k is None else np.concatenate([self._k, k], axis=2)   # (B, H_kv, T+s, d)
-            self._v = v.copy() if self._v is None else np.concatenate([self._v, v], axis=2)
-        else:
-            if self.length + s > self.max_len:
-                raise ValueError(f"cache overflow: {self.length} + {s} tokens exceed max_len={self.max_len}")
-            if self._k is None:
-                b, h, _, d = k.shape
-                self._k = np.zeros((b, h, self.max_len, d), dtype=k.dtype)             # (B, H_kv, max_len, d)
-                self._v = np.zeros((b, h, self.max_len, d), dtype=v.dtype)
-            self._k[:, :, self.length:self.length + s] = k
-            self._v[:, :, self.length:self.length + s] = v
-        self.length += s
-        return self.keys, self.values
+        return self._append(k, v)
 
 
 def cached_attention(mha: MultiHeadAttention, x, cache: KVCache, mask=None) -> np.ndarray:

@@ -47,10 +47,11 @@ import numpy as np
 from ..nn.functional import causal_mask, softmax
 from ..nn.module import Module, accepts_unbatched, default_rng, xavier_uniform
 from ..nn.validate import as_float_array, check_head_mask, shape_error
+from .kv_cache import TokenCache
 from .positional import rope, rope_backward
 from .scaled_dot_product import scaled_dot_product_attention, scaled_dot_product_attention_backward
 
-__all__ = ["MultiHeadLatentAttention"]
+__all__ = ["MultiHeadLatentAttention", "LatentCache"]
 
 
 class MultiHeadLatentAttention(Module):
@@ -60,8 +61,8 @@ class MultiHeadLatentAttention(Module):
     the naive (training) form (``x (n, d_model)`` gives ``(n, d_model)``);
     ``backward(dout)`` -> ``dx``.
     ``forward_absorbed`` computes the same output by scoring against the
-    latents.  ``forward_incremental(x_new, cache)`` decodes with a cache that
-    holds only ``c_KV`` and ``k_R``.  ``.weights`` holds ``(B, H, n, m)``.
+    latents.  ``forward_incremental(x_new, cache)`` decodes with a
+    :class:`LatentCache` (from ``init_cache()``) that holds only ``c_KV`` and ``k_R``.  ``.weights`` holds ``(B, H, n, m)``.
     """
 
     def __init__(self, d_model: int, n_heads: int, d_head: int, d_latent_kv: int, d_latent_q: int,
@@ -232,32 +233,58 @@ class MultiHeadLatentAttention(Module):
         c_kv, _, q_c, q_r, k_r = self._project(x, np.arange(n))
         return self._attend_latent(q_c, q_r, c_kv, k_r, self._mask(mask, causal, B, n, n))
 
-    def init_cache(self, batch_size: int, dtype=np.float64) -> dict:
-        """An empty decoding cache: ``{"c_kv": (B, 0, d_c), "k_r": (B, 0, d_R)}``."""
-        return {"c_kv": np.zeros((batch_size, 0, self.d_latent_kv), dtype=dtype),
-                "k_r": np.zeros((batch_size, 0, self.d_rope), dtype=dtype)}
+    def init_cache(self, max_len: int | None = None) -> "LatentCache":
+        """An empty decoding cache (a :class:`LatentCache`), filled by :meth:`forward_incremental`.
 
-    def forward_incremental(self, x, cache=None):
-        """Decode ``x (B, n_new, d_model)`` after the cached tokens; returns ``(out, new_cache)``.
-
-        The cache holds only ``c_kv (B, t, d_c)`` and ``k_r (B, t, d_R)`` (RoPE
-        already applied at the absolute positions ``0 .. t-1``).  The new
-        tokens sit at positions ``t .. t + n_new - 1`` and attend causally.
-        Prefill is a call with an empty cache; each later call may add one or
-        several tokens.  The input cache is not modified.
+        With ``max_len`` its buffers are allocated once and filled in place.
         """
+        return LatentCache(max_len)
+
+    def forward_incremental(self, x, cache: "LatentCache") -> np.ndarray:
+        """Decode ``x (B, n_new, d_model)`` after the tokens in ``cache``; returns ``(B, n_new, d_model)``.
+
+        ``cache`` (a :class:`LatentCache`, e.g. from :meth:`init_cache`) holds
+        only ``c_kv (B, t, d_c)`` and ``k_r (B, t, d_R)`` (RoPE already applied
+        at the absolute positions ``0 .. t-1``); the new tokens' latents are
+        appended to it, in place, as :class:`MultiHeadAttention` appends to its
+        :class:`KVCache`.  The new tokens sit at positions ``t .. t + n_new - 1``
+        and attend causally.  Prefill is a call with an empty cache; each later
+        call may add one or several tokens.  Sets ``.weights (B, H, n_new, t + n_new)``.
+        """
+        if not isinstance(cache, LatentCache):
+            raise ValueError(f"cache must be a LatentCache (from init_cache()), got {type(cache).__name__}")
         x = self._check_x(x)
-        B, n, _ = x.shape
-        cache = self.init_cache(B, x.dtype) if cache is None else cache
-        if set(cache) != {"c_kv", "k_r"}:
-            raise ValueError(f"cache must be a dict with keys 'c_kv' and 'k_r', got {sorted(cache)}")
-        t = cache["c_kv"].shape[1]
-        if cache["c_kv"].shape != (B, t, self.d_latent_kv):
-            raise shape_error("cache['c_kv']", f"(B={B}, t, d_latent_kv={self.d_latent_kv})", cache["c_kv"])
-        if cache["k_r"].shape != (B, t, self.d_rope):
-            raise shape_error("cache['k_r']", f"(B={B}, t={t}, d_rope={self.d_rope})", cache["k_r"])
+        n, t = x.shape[1], cache.length
         c_kv_new, _, q_c, q_r, k_r_new = self._project(x, t + np.arange(n))   # absolute positions
-        c_kv = np.concatenate([cache["c_kv"], c_kv_new], axis=1)         # (B, t + n, d_c)
-        k_r = np.concatenate([cache["k_r"], k_r_new], axis=1)            # (B, t + n, d_R)
-        out = self._attend_latent(q_c, q_r, c_kv, k_r, causal_mask(n, t + n))
-        return out, {"c_kv": c_kv, "k_r": k_r}
+        c_kv, k_r = cache.append(c_kv_new, k_r_new)                      # (B, t + n, d_c), (B, t + n, d_R)
+        return self._attend_latent(q_c, q_r, c_kv, k_r, causal_mask(n, t + n))
+
+
+class LatentCache(TokenCache):
+    """The MLA decoding cache of one layer: latents ``c_kv (B, T, d_c)`` and rotary keys ``k_r (B, T, d_R)``.
+
+    The counterpart of :class:`~attention_np.mechanisms.kv_cache.KVCache` (same
+    interface: ``append``, ``length``, ``reset``, ``nbytes``, optional
+    ``max_len`` with in-place growth), holding ``d_c + d_R`` numbers per token
+    instead of ``2 H d_h``.  ``c_kv``/``k_r`` are views of the filled part.
+    """
+
+    fields = (("c_kv", ("B", "s", "d_latent_kv")), ("k_r", ("B", "s", "d_rope")))
+
+    @property
+    def c_kv(self) -> np.ndarray | None:
+        """The cached latents ``(B, T, d_c)``, a view of the filled part; None before the first append."""
+        return self._filled(0)
+
+    @property
+    def k_r(self) -> np.ndarray | None:
+        """The cached rotary keys ``(B, T, d_R)`` (already rotated), a view; None before the first append."""
+        return self._filled(1)
+
+    def append(self, c_kv, k_r):
+        """Append ``c_kv (B, s, d_c)`` and ``k_r (B, s, d_R)``; return all cached ``(c_kv, k_r)``, ``T + s`` tokens each.
+
+        ``B``, ``d_c``, ``d_R`` and the dtype must match what the cache already
+        holds; with ``max_len`` the total may not exceed it.
+        """
+        return self._append(c_kv, k_r)
