@@ -71,7 +71,7 @@ def visual_sentinel_backward(ds, x_t, h_prev, m_t, W_x, W_h, g):
 class VisualSentinel(Module):
     """The sentinel gate of Lu et al.: params ``W_x (d_in, d)``, ``W_h (d, d)`` (no bias, as in the paper)."""
 
-    def __init__(self, d_in: int, d: int, rng=None) -> None:
+    def __init__(self, d_in: int, d: int, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         self.d_in, self.d = int(d_in), int(d)
@@ -165,7 +165,7 @@ class AdaptiveAttention(Module):
     ``.weights (B, k+1)`` (``alpha_hat``) and ``.beta (B,)`` (its last column).
     """
 
-    def __init__(self, d: int, d_att: int, rng=None) -> None:
+    def __init__(self, d: int, d_att: int, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         self.d, self.d_att = int(d), int(d_att)

@@ -197,7 +197,7 @@ class AdditiveAttention(Module):
     and add the two gradients.
     """
 
-    def __init__(self, d_query: int, d_key: int, d_hidden: int, rng: np.random.Generator | None = None):
+    def __init__(self, d_query: int, d_key: int, d_hidden: int, *, rng: np.random.Generator | None = None):
         super().__init__()
         rng = default_rng(rng)
         self.d_query, self.d_key, self.d_hidden = int(d_query), int(d_key), int(d_hidden)

@@ -94,7 +94,7 @@ class CrossAttention(Module):
     ``context (1, m, d_context)`` is shared by every example of the batch.
     """
 
-    def __init__(self, d_model: int, d_context: int, d_k: int, d_v: int | None = None, rng=None) -> None:
+    def __init__(self, d_model: int, d_context: int, d_k: int, d_v: int | None = None, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         self.d_model, self.d_context, self.d_k = int(d_model), int(d_context), int(d_k)

@@ -160,7 +160,7 @@ class GlobalAttention(Module):
     ``backward(dh_tilde) -> (dh_t, dsource)``.
     """
 
-    def __init__(self, d: int, score: str = "dot", d_att: int | None = None, rng=None) -> None:
+    def __init__(self, d: int, score: str = "dot", d_att: int | None = None, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         self.d, self.score = int(d), score

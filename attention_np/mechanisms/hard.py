@@ -140,7 +140,7 @@ class HardAttention(Module):
     (alpha) and ``.sample (B,)`` (``-1`` for a fully masked row, whose context is 0).
     """
 
-    def __init__(self, d_feature: int, d_state: int, d_hidden: int, rng=None) -> None:
+    def __init__(self, d_feature: int, d_state: int, d_hidden: int, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         self.d_feature, self.d_state, self.d_hidden = int(d_feature), int(d_state), int(d_hidden)

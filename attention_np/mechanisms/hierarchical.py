@@ -77,7 +77,7 @@ class AttentionPooling(Module):
     ``backward(dpooled) -> dH``.
     """
 
-    def __init__(self, d_in: int, d_att: int, rng=None) -> None:
+    def __init__(self, d_in: int, d_att: int, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         self.d_in, self.d_att = int(d_in), int(d_att)
@@ -134,8 +134,8 @@ class HierarchicalAttention(Module):
     ``None`` (token ids have no gradient).
     """
 
-    def __init__(self, vocab_size: int, d_embed: int, d_hidden: int, n_classes: int,
-                 encoder: str = "gru", d_att: int | None = None, rng=None) -> None:
+    def __init__(self, vocab_size: int, d_embed: int, d_hidden: int, n_classes: int, encoder: str = "gru",
+                       d_att: int | None = None, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         if encoder not in ENCODERS:

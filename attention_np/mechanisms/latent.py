@@ -65,8 +65,8 @@ class MultiHeadLatentAttention(Module):
     :class:`LatentCache` (from ``init_cache()``) that holds only ``c_KV`` and ``k_R``.  ``.weights`` holds ``(B, H, n, m)``.
     """
 
-    def __init__(self, d_model: int, n_heads: int, d_head: int, d_latent_kv: int, d_latent_q: int,
-                 d_rope: int, rng=None, rope_base: float = 10000.0) -> None:
+    def __init__(self, d_model: int, n_heads: int, d_head: int, d_latent_kv: int, d_latent_q: int, d_rope: int,
+                       rope_base: float = 10000.0, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         sizes = dict(d_model=d_model, n_heads=n_heads, d_head=d_head, d_latent_kv=d_latent_kv,
@@ -236,7 +236,8 @@ class MultiHeadLatentAttention(Module):
     def init_cache(self, max_len: int | None = None) -> "LatentCache":
         """An empty decoding cache (a :class:`LatentCache`), filled by :meth:`forward_incremental`.
 
-        With ``max_len`` its buffers are allocated once and filled in place.
+        It will hold ``c_kv (B, T, d_c)`` and ``k_r (B, T, d_R)``; with ``max_len``
+        its buffers are allocated once and filled in place.
         """
         return LatentCache(max_len)
 

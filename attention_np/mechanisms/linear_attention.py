@@ -161,8 +161,7 @@ class LinformerAttention(Module):
     attention weights.  ``backward(dout)`` returns ``dx``.
     """
 
-    def __init__(self, d_model: int, seq_len: int, k: int, n_heads: int = 1, bias: bool = True,
-                 rng=None) -> None:
+    def __init__(self, d_model: int, seq_len: int, k: int, n_heads: int = 1, bias: bool = True, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         for name, value in (("d_model", d_model), ("seq_len", seq_len), ("k", k), ("n_heads", n_heads)):

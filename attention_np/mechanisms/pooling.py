@@ -314,7 +314,7 @@ class NadarayaWatson(Module):
     ``grads["w"]``.
     """
 
-    def __init__(self, kernel: str = "gaussian", w_init: float | None = None, rng=None) -> None:
+    def __init__(self, kernel: str = "gaussian", w_init: float | None = None, *, rng=None) -> None:
         super().__init__()
         self.kernel = _check_kernel(kernel)
         if w_init is None:

@@ -303,7 +303,7 @@ class RelativeSelfAttention(Module):
     ``backward(dout) -> dx``.
     """
 
-    def __init__(self, d_model: int, d_k: int, max_distance: int, rng=None) -> None:
+    def __init__(self, d_model: int, d_k: int, max_distance: int, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         self.d_model, self.d_k = _positive_int(d_model, "d_model"), _positive_int(d_k, "d_k")

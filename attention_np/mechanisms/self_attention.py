@@ -85,7 +85,7 @@ class SelfAttention(Module):
     additionally applies ``causal_mask(n)``.  ``backward(dout) -> dx``.
     """
 
-    def __init__(self, d_model: int, d_k: int, d_v: int | None = None, rng=None) -> None:
+    def __init__(self, d_model: int, d_k: int, d_v: int | None = None, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         self.d_model, self.d_k = int(d_model), int(d_k)

@@ -167,7 +167,7 @@ class SoftAttention(Module):
     ``.weights (B, L)`` and the gate ``.beta (B,)``.
     """
 
-    def __init__(self, d_feature: int, d_state: int, d_hidden: int, gate: bool = True, rng=None) -> None:
+    def __init__(self, d_feature: int, d_state: int, d_hidden: int, gate: bool = True, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         self.d_feature, self.d_state, self.d_hidden, self.gate = int(d_feature), int(d_state), int(d_hidden), bool(gate)

@@ -74,7 +74,7 @@ class TemporalAttention(Module):
     ``.weights (B, F)``.  ``backward(dphi) -> (dframes, dh_prev)``.
     """
 
-    def __init__(self, d_frame: int, d_state: int, d_hidden: int, rng=None) -> None:
+    def __init__(self, d_frame: int, d_state: int, d_hidden: int, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         self.d_frame, self.d_state, self.d_hidden = int(d_frame), int(d_state), int(d_hidden)

@@ -48,7 +48,7 @@ _ACTIVATIONS = {"gelu": (gelu, gelu_backward), "relu": (relu, relu_backward)}
 class FeedForward(Module):
     """Position-wise ``phi(x W_1 + b_1) W_2 + b_2``; ``x (..., d_model) -> (..., d_model)``."""
 
-    def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", rng=None) -> None:
+    def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", *, rng=None) -> None:
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
@@ -102,8 +102,8 @@ class TransformerBlock(Module):
     """
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, n_kv_heads: int | None = None,
-                 causal: bool = False, pre_norm: bool = True, dropout: float = 0.0, rng=None,
-                 rope: bool = False, activation: str = "gelu") -> None:
+                       causal: bool = False, pre_norm: bool = True, dropout: float = 0.0, rope: bool = False,
+                       activation: str = "gelu", *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         self.d_model, self.causal, self.pre_norm = int(d_model), bool(causal), bool(pre_norm)
@@ -167,10 +167,9 @@ class TinyTransformer(Module):
     fills every gradient and returns ``None`` (integer ids have no gradient).
     """
 
-    def __init__(self, vocab_size: int, d_model: int, n_heads: int, n_layers: int, d_ff: int,
-                 max_len: int, causal: bool = False, positional: str = "sinusoidal",
-                 n_kv_heads: int | None = None, pre_norm: bool = True, dropout: float = 0.0,
-                 rng=None, activation: str = "gelu") -> None:
+    def __init__(self, vocab_size: int, d_model: int, n_heads: int, n_layers: int, d_ff: int, max_len: int,
+                       causal: bool = False, positional: str = "sinusoidal", n_kv_heads: int | None = None,
+                       pre_norm: bool = True, dropout: float = 0.0, activation: str = "gelu", *, rng=None) -> None:
         super().__init__()
         if positional not in ("sinusoidal", "learned", "rope"):
             raise ValueError(f"positional must be 'sinusoidal', 'learned' or 'rope', got {positional!r}")

@@ -20,7 +20,7 @@ class Dropout(Module):
     (:meth:`Module.train` / :meth:`Module.eval`).
     """
 
-    def __init__(self, p: float = 0.1, rng=None) -> None:
+    def __init__(self, p: float = 0.1, *, rng=None) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"p must lie in [0, 1), got {p}")

@@ -14,7 +14,7 @@ from .validate import check_int_array
 class Embedding(Module):
     """Lookup table ``W`` of shape ``(vocab_size, d)``, initialised N(0, 1/d)."""
 
-    def __init__(self, vocab_size: int, d: int, rng=None) -> None:
+    def __init__(self, vocab_size: int, d: int, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         self.vocab_size, self.d = int(vocab_size), int(d)

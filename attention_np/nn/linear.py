@@ -17,7 +17,7 @@ from .validate import as_float_array, check_last_dim
 class Linear(Module):
     """``y = x @ W + b`` with ``W`` stored ``(d_in, d_out)``."""
 
-    def __init__(self, d_in: int, d_out: int, bias: bool = True, rng=None) -> None:
+    def __init__(self, d_in: int, d_out: int, bias: bool = True, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         self.d_in, self.d_out, self.bias = int(d_in), int(d_out), bool(bias)

@@ -160,7 +160,7 @@ class GRUCell(Module):
     ``backward(dh_new) -> dx``, or ``(dx, dh)`` when ``h`` was given.
     """
 
-    def __init__(self, d_in: int, d_hidden: int, rng=None) -> None:
+    def __init__(self, d_in: int, d_hidden: int, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         self.d_in, self.d_hidden = int(d_in), int(d_hidden)
@@ -200,7 +200,7 @@ class LSTMCell(Module):
     and ``dc`` for whichever of ``h``, ``c`` was given.
     """
 
-    def __init__(self, d_in: int, d_hidden: int, rng=None) -> None:
+    def __init__(self, d_in: int, d_hidden: int, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         self.d_in, self.d_hidden = int(d_in), int(d_hidden)
@@ -289,7 +289,7 @@ class _Recurrent(Module):
     cell_class = None
     n_states = 1
 
-    def __init__(self, d_in: int, d_hidden: int, bidirectional: bool = False, rng=None) -> None:
+    def __init__(self, d_in: int, d_hidden: int, bidirectional: bool = False, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         self.d_in, self.d_hidden, self.bidirectional = int(d_in), int(d_hidden), bool(bidirectional)
