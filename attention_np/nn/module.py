@@ -3,8 +3,10 @@
 A module owns named parameters (``params``) and a gradient buffer of the same
 shape for each (``grads``).  ``forward`` computes the output and caches what
 ``backward`` needs on ``self.cache``; ``backward(dout)`` *adds* parameter
-gradients into ``grads`` and returns the gradient(s) with respect to the
-inputs, in input order.
+gradients into ``grads`` and returns one gradient per floating-point array the
+caller passed to ``forward``, in argument order: an array for one, a tuple for
+several, ``None`` when the inputs are integer ids (masks, positions and ids get
+no gradient).
 
 Because the cache holds exactly one forward pass, a module that is applied
 several times before one backward (a decoder step inside a loop) saves
@@ -314,9 +316,10 @@ class Module:
     def backward(self, dout):
         """Given ``dout``, shaped like the last forward's output (e.g. ``(B, n, d_model)``), return input gradients.
 
-        Input gradients come back in input order (one array, or a tuple for
-        several inputs); parameter gradients are *added* into ``grads``, so
-        call :meth:`zero_grad` between optimisation steps.
+        One gradient per floating-point array passed to ``forward``, in
+        argument order (one array, a tuple for several, ``None`` for integer
+        ids); parameter gradients are *added* into ``grads``, so call
+        :meth:`zero_grad` between optimisation steps.
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
