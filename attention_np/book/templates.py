@@ -8,7 +8,8 @@
 * MathJax 2.7 as shipped by the ``jupyter-server-mathjax`` package: TeX input, HTML-CSS
   output with the STIX-Web web fonts it ships (no local-font probing, no image fonts), in
   one pass (no fast preview, no automatic line breaking: both multiply the typesetting time
-  of a chapter's few hundred formulas); when typesetting has finished,
+  of a chapter's few hundred formulas; all formulas in one chunk, with no pause between
+  chunks); when typesetting has finished,
   ``<html data-mathjax="done">`` is set;
 * JupyterLab's style sheets are written once, to ``lab.css`` next to the pages, instead of
   being copied into every page;
@@ -45,7 +46,9 @@ MathJax.Hub.Config({
         availableFonts: [],
         preferredFont: null,
         webFont: "STIX-Web",
-        imageFont: null
+        imageFont: null,
+        EqnChunk: 10000,
+        EqnChunkDelay: 0
     },
     MathMenu: {showRenderer: false, showFontMenu: false, showLocale: false},
     menuSettings: {locale: "en"}
