@@ -332,3 +332,20 @@ def test_execute_stores_a_clean_notebook_and_ignores_a_shell_wide_seed(tmp_path,
     assert "".join(cell["outputs"][0]["text"]) == f"{DEFAULT_SEED}\n"
     assert cell["execution_count"] == 1
     assert all("execution" not in c["metadata"] for c in done["cells"])
+
+
+def test_execute_stores_a_slider_chapter_without_widget_state(tmp_path):
+    """A chapter with an ipywidgets slider, executed by the documented command, keeps its static figure's
+    output and stores neither the slider's view nor the notebook's widget state (tests/test_interactive_figures.py
+    refuses both: JupyterLab would restore or rewrite them when a reader opens the chapter)."""
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("print('static figure here')"),
+                nbformat.v4.new_code_cell("import ipywidgets as w\nw.interact(lambda t=1.0: print(t), t=(0.5, 2.0))")]
+    path = tmp_path / "92_slider.ipynb"
+    nbformat.write(nb, path)
+    assert main(["--execute", str(path)]) == 0
+    done = json.loads(path.read_text(encoding="utf-8"))
+    assert "widgets" not in done["metadata"]
+    assert "".join(done["cells"][0]["outputs"][0]["text"]) == "static figure here\n"
+    assert done["cells"][1]["outputs"] == [] and done["cells"][1]["execution_count"] == 2

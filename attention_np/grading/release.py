@@ -109,8 +109,16 @@ def kernel_env(seed=None) -> dict:
     return env
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
 def execute(nb, cwd, seed=None, timeout=EXECUTE_TIMEOUT):
-    """A copy of ``nb`` executed top to bottom in a fresh kernel (errors stop it), without timestamps."""
+    """A copy of ``nb`` executed top to bottom in a fresh kernel (errors stop it), stored clean.
+
+    Clean means: no timestamps, no widget state, and no outputs in a cell that displayed a widget (a slider's
+    view needs the kernel that made it; JupyterLab would otherwise restore or rewrite it when a reader opens
+    the notebook, and the chapters keep a static figure just before every slider).
+    """
     from nbclient import NotebookClient
 
     nb = copy.deepcopy(nb)
@@ -119,6 +127,9 @@ def execute(nb, cwd, seed=None, timeout=EXECUTE_TIMEOUT):
     client.execute(env=kernel_env(seed))
     for cell in nb.cells:
         cell.get("metadata", {}).pop("execution", None)
+        if any(WIDGET_VIEW in out.get("data", {}) for out in cell.get("outputs", [])):
+            cell["outputs"] = []
+    nb.metadata.pop("widgets", None)
     return nb
 
 
@@ -184,7 +195,8 @@ def execution_problems(path, other_seed=None, stale=True) -> list:
 
 
 def execute_in_place(path) -> None:
-    """Execute a solution notebook and store it clean (canonical text, no timestamps, default seed)."""
+    """Execute a solution or chapter notebook and store it clean (canonical text, no timestamps, no widget
+    state, default seed)."""
     path = Path(path)
     nb = execute(nbformat.read(path, as_version=4), path.parent)
     path.write_text(write_text(nb), encoding="utf-8")
@@ -197,12 +209,12 @@ def main(argv=None) -> int:
         description="Generate exercise notebooks from solution notebooks; execute solution notebooks.")
     parser.add_argument("paths", nargs="*",
                         help="SOLUTIONS_DIR [EXERCISES_DIR] (default: solutions/ exercises/); "
-                             "with --execute alone: solution notebooks to execute in place")
+                             "with --execute alone: solution or chapter notebooks to execute in place")
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 if the exercises folder is out of date or stores outputs")
     parser.add_argument("--execute", action="store_true",
                         help="with --check: also run every solution (two seeds) to find stale or seed-dependent "
-                             "outputs; alone: execute the given solution notebooks in place, cleanly")
+                             "outputs; alone: execute the given solution or chapter notebooks in place, cleanly")
     parser.add_argument("--seed", type=int, default=None,
                         help=f"the second seed for --check --execute (default {DEFAULT_SEED + 1})")
     args = parser.parse_args(argv)
@@ -210,7 +222,7 @@ def main(argv=None) -> int:
     if args.execute and not args.check:
         files = [Path(p) for p in args.paths]
         if not files or not all(p.suffix == ".ipynb" and p.is_file() for p in files):
-            print("error: --execute takes solution notebooks, e.g. "
+            print("error: --execute takes solution or chapter notebooks, e.g. "
                   "`python -m attention_np.release --execute solutions/02_scaled_dot_product.ipynb`", file=sys.stderr)
             return 2
         failed = 0
@@ -223,7 +235,7 @@ def main(argv=None) -> int:
                 failed += 1
                 continue
             print(f"executed {path}")
-        if not failed:
+        if not failed and any(p.resolve().parent.name == "solutions" for p in files):
             print("now run `python -m attention_np.release` to regenerate the exercises")
         return 1 if failed else 0
 
