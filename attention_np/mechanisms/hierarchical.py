@@ -135,7 +135,7 @@ class HierarchicalAttention(Module):
     """
 
     def __init__(self, vocab_size: int, d_embed: int, d_hidden: int, n_classes: int, encoder: str = "gru",
-                       d_att: int | None = None, *, rng=None) -> None:
+                 d_att: int | None = None, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         if encoder not in ENCODERS:

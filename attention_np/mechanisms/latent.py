@@ -66,7 +66,7 @@ class MultiHeadLatentAttention(Module):
     """
 
     def __init__(self, d_model: int, n_heads: int, d_head: int, d_latent_kv: int, d_latent_q: int, d_rope: int,
-                       rope_base: float = 10000.0, *, rng=None) -> None:
+                 rope_base: float = 10000.0, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         sizes = dict(d_model=d_model, n_heads=n_heads, d_head=d_head, d_latent_kv=d_latent_kv,

@@ -96,7 +96,7 @@ class LocalAttention(Module):
     """
 
     def __init__(self, d: int, window: int, mode: str = "predictive", score: str = "general",
-                       d_p: int | None = None, d_att: int | None = None, *, rng=None) -> None:
+                 d_p: int | None = None, d_att: int | None = None, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         if mode not in MODES:

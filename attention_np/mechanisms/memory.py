@@ -78,7 +78,7 @@ class MemoryNetwork(Module):
     """
 
     def __init__(self, vocab_size: int, d_embed: int, n_hops: int, n_memories: int, sentence_len: int,
-                       tying: str = "adjacent", nil_id: int | None = 0, init_std: float = 0.1, *, rng=None) -> None:
+                 tying: str = "adjacent", nil_id: int | None = 0, init_std: float = 0.1, *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         self.V, self.d, self.K = int(vocab_size), int(d_embed), int(n_hops)

@@ -125,8 +125,8 @@ class MultiHeadAttention(Module):
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, bias: bool = True,
-                       rope: bool = False, rope_base: float = 10000.0, rope_interleaved: bool = True, *,
-                       rng=None) -> None:
+                 rope: bool = False, rope_base: float = 10000.0, rope_interleaved: bool = True, *,
+                 rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         self.d_model, self.n_heads = int(d_model), int(n_heads)

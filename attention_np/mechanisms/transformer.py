@@ -102,8 +102,8 @@ class TransformerBlock(Module):
     """
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, n_kv_heads: int | None = None,
-                       causal: bool = False, pre_norm: bool = True, dropout: float = 0.0, rope: bool = False,
-                       activation: str = "gelu", *, rng=None) -> None:
+                 causal: bool = False, pre_norm: bool = True, dropout: float = 0.0, rope: bool = False,
+                 activation: str = "gelu", *, rng=None) -> None:
         super().__init__()
         rng = default_rng(rng)
         self.d_model, self.causal, self.pre_norm = int(d_model), bool(causal), bool(pre_norm)
@@ -168,8 +168,8 @@ class TinyTransformer(Module):
     """
 
     def __init__(self, vocab_size: int, d_model: int, n_heads: int, n_layers: int, d_ff: int, max_len: int,
-                       causal: bool = False, positional: str = "sinusoidal", n_kv_heads: int | None = None,
-                       pre_norm: bool = True, dropout: float = 0.0, activation: str = "gelu", *, rng=None) -> None:
+                 causal: bool = False, positional: str = "sinusoidal", n_kv_heads: int | None = None,
+                 pre_norm: bool = True, dropout: float = 0.0, activation: str = "gelu", *, rng=None) -> None:
         super().__init__()
         if positional not in ("sinusoidal", "learned", "rope"):
             raise ValueError(f"positional must be 'sinusoidal', 'learned' or 'rope', got {positional!r}")

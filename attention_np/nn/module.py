@@ -23,6 +23,8 @@ Gradients accumulate across those backward calls, as they must.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Iterator
 
 import numpy as np
@@ -53,8 +55,6 @@ def _refuse_wrong_dout(module, method, args, kwargs, expected):
     broadcast or reshape silently, or fail with a raw error, so a generic one is
     raised.  Gradient buffers are left as they were either way.
     """
-    import inspect
-
     params = [p for p in inspect.signature(method).parameters if p != "self"]
     name = params[0] if params else "dout"
     saved = [(grad, grad.copy()) for _, _, grad in module.parameters()]
@@ -98,9 +98,6 @@ def check_sizes(owner: str, arguments: dict, annotations: dict) -> None:
 
 
 def _checks_sizes(init):
-    import functools
-    import inspect
-
     signature = inspect.signature(init)
     annotations = {name: p.annotation for name, p in signature.parameters.items()}
 
@@ -117,8 +114,6 @@ def _checks_sizes(init):
 
 def _keeps_input_dtype(method, is_forward):
     """Wrap ``forward``/``backward`` so that float32 in gives float32 out (see :class:`Module`)."""
-    import functools
-
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         if is_forward:
@@ -161,9 +156,6 @@ def accepts_unbatched(*names):
 
 
 def _unbatched_forward(method, names):
-    import functools
-    import inspect
-
     from .validate import shape_error
 
     signature = inspect.signature(method)
@@ -191,8 +183,6 @@ def _unbatched_forward(method, names):
 
 
 def _unbatched_backward(method):
-    import functools
-
     @functools.wraps(method)
     def wrapper(self, dout, *args, **kwargs):
         # a batched forward of these modules returns (B, n, d_out): a 2-D dout belongs to an unbatched one
